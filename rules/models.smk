@@ -1,0 +1,15 @@
+rule prepare_model:
+    """Plain HF folder (bf16 safetensors + tokenizer) from a packaged GGUF, hub id or folder."""
+    output:
+        directory(store.MODEL_DIR),
+    params:
+        model="{model}",
+        source=lambda wc: model_entry(wc.model)["source"],
+        family=lambda wc: model_entry(wc.model)["family"],
+    log:
+        "logs/prepare_model/{model}.log",
+    resources:
+        mem_mb=6000,
+    cache: "omit-software"
+    script:
+        "../workflow_scripts/models_prepare.py"

@@ -1,0 +1,17 @@
+rule directions:
+    """Mean-difference direction per hook x position x condition (train split) + projections."""
+    input:
+        dataset=store.DATASET_DIR,
+        activations=store.ACTIVATIONS,
+    output:
+        directory(store.VECTORS),
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        labels=lambda wc: dataset_entry(wc.dataset)["labels"],
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+    log:
+        "logs/directions/{dataset}/{model}.log",
+    cache: "omit-software"
+    script:
+        "../workflow_scripts/vectors_directions.py"

@@ -1,0 +1,319 @@
+"""Artifact layer: the on-disk layout every phase shares, manifests and content hashes.
+
+Phases talk to each other only through the paths and array names defined here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from circuitflow import __version__
+
+# ---------------------------------------------------------------- layout
+MODEL_DIR = "resources/models/{model}"
+DATASET_DIR = "results/datasets/{dataset}"
+ACTIVATIONS = "results/activations/{dataset}/{model}.zarr"
+VECTORS = "results/vectors/{dataset}/{model}.zarr"
+EFFECT_SIZES = "results/stats/effect_sizes.csv"
+LOGS = "logs/{rule}/{key}.log"
+
+MANIFEST = "manifest.json"
+SAMPLES_FILE = "samples.jsonl"
+
+# Activation store: one array per hook point at sample level, dims (sample, position, d_model);
+# per-head attention output at the last token, dims (sample, head, d_model); per-token
+# residuals in the group TOKENS_GROUP, dims (token, d_model), indexed by token_sample/position.
+POSITIONS = ("last", "trigger_mean", "mean")
+SITES = ("hook_resid_pre", "hook_resid_post")
+HEAD_SITE = "attn.hook_result"
+TOKENS_GROUP = "tokens"
+SAMPLE_COORDS = ("label", "split", "frame_id")  # plus the index coordinate "sample" (ids)
+
+
+def hook_name(layer: int, site: str) -> str:
+    """TransformerLens hook name, e.g. ``blocks.8.hook_resid_pre``."""
+    return f"blocks.{layer}.{site}"
+
+
+def parse_hook_name(name: str) -> tuple[int, str]:
+    """Inverse of :func:`hook_name`: ``blocks.8.hook_resid_pre`` -> ``(8, "hook_resid_pre")``."""
+    parts = name.split(".", 2)
+    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"not a block hook name: {name!r} (expected blocks.<layer>.<site>)")
+    return int(parts[1]), parts[2]
+
+
+def safe_name(name: str) -> str:
+    """Model names as path components: ``/`` becomes ``_``."""
+    return name.replace("/", "_")
+
+
+# ---------------------------------------------------------------- hashing
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} in a manifest")
+
+
+def code_version() -> str:
+    """Package version plus a hash of the library's source, so manifests name the exact code."""
+    src = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(src.rglob("*.py")):
+        digest.update(path.relative_to(src).as_posix().encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------- manifests
+def manifest_path(artifact: str | os.PathLike) -> Path:
+    """Directory artifacts hold ``manifest.json``; a single file has a ``.manifest.json`` sidecar."""
+    artifact = Path(artifact)
+    if artifact.is_dir() or artifact.suffix in ("", ".zarr"):
+        return artifact / MANIFEST
+    return artifact.with_name(artifact.name + ".manifest.json")
+
+
+def _artifact_files(artifact: Path) -> list[Path]:
+    if artifact.is_file():
+        return [artifact]
+    return sorted(p for p in artifact.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def input_key(path: str | os.PathLike) -> str:
+    """Key of an input: its manifest key when it is an artifact, else the file's sha256."""
+    path = Path(path)
+    mpath = manifest_path(path)
+    if mpath.exists():
+        return json.loads(mpath.read_text())["key"]
+    if path.is_file():
+        return "sha256:" + sha256_file(path)
+    raise FileNotFoundError(f"{path}: input has neither a manifest nor file content to hash")
+
+
+def artifact_key(kind: str, input_keys: Mapping[str, str], params: Mapping, seeds: Mapping) -> str:
+    """Identity of a piece of work: hash of what it is, its inputs, params, seeds and code."""
+    return sha256_json(
+        {
+            "kind": kind,
+            "inputs": dict(input_keys),
+            "params": params,
+            "seeds": seeds,
+            "code_version": code_version(),
+        }
+    )
+
+
+def write_manifest(
+    artifact: str | os.PathLike,
+    kind: str,
+    inputs: Mapping[str, str | os.PathLike | Iterable[str | os.PathLike]] | None = None,
+    params: Mapping | None = None,
+    seeds: Mapping | None = None,
+    extra: Mapping | None = None,
+) -> dict:
+    """Hash every file of ``artifact`` and write its manifest; returns the manifest."""
+    artifact = Path(artifact)
+    input_keys: dict[str, str] = {}
+    for name, value in (inputs or {}).items():
+        if isinstance(value, str | os.PathLike):
+            input_keys[name] = input_key(value)
+        else:
+            for i, item in enumerate(value):
+                input_keys[f"{name}[{i}]"] = input_key(item)
+    params = json.loads(canonical_json(params or {}))
+    seeds = json.loads(canonical_json(seeds or {}))
+    root = artifact if artifact.is_dir() else artifact.parent
+    manifest = {
+        "kind": kind,
+        "key": artifact_key(kind, input_keys, params, seeds),
+        "code_version": code_version(),
+        "inputs": input_keys,
+        "params": params,
+        "seeds": seeds,
+        "files": {
+            p.relative_to(root).as_posix(): sha256_file(p) for p in _artifact_files(artifact)
+        },
+    }
+    if extra:
+        manifest.update(json.loads(canonical_json(extra)))
+    manifest_path(artifact).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(artifact: str | os.PathLike) -> dict:
+    mpath = manifest_path(artifact)
+    if not mpath.exists():
+        raise FileNotFoundError(f"{mpath}: no manifest; rebuild {artifact} with snakemake")
+    return json.loads(mpath.read_text())
+
+
+def verify(artifact: str | os.PathLike) -> list[str]:
+    """Re-hash an artifact's files; one line per file that changed, vanished or appeared."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    root = artifact if artifact.is_dir() else artifact.parent
+    problems = []
+    recorded = manifest["files"]
+    for rel, digest in sorted(recorded.items()):
+        path = root / rel
+        if not path.exists():
+            problems.append(f"missing: {path}")
+        elif sha256_file(path) != digest:
+            problems.append(f"changed: {path}")
+    if artifact.is_dir():
+        for path in _artifact_files(artifact):
+            if path.relative_to(root).as_posix() not in recorded:
+                problems.append(f"unexpected: {path}")
+    return problems
+
+
+def remove_partial(path: str | os.PathLike) -> None:
+    """Delete a half-written artifact so no later run trusts it."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# ---------------------------------------------------------------- datasets
+def read_samples(dataset_dir: str | os.PathLike) -> list[dict]:
+    """Rows of a built dataset (``samples.jsonl``): sample_id, text, label, split, frame_id, span."""
+    path = Path(dataset_dir) / SAMPLES_FILE
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def write_samples(dataset_dir: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
+    path = Path(dataset_dir) / SAMPLES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=False, ensure_ascii=True) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- Zarr stores
+def ignore_unstable_dtype_warning() -> None:
+    # Fixed-width unicode coordinates are not yet in the zarr v3 spec; xarray reads them fine.
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+
+
+def _hook_sort_key(name: str):
+    order = {"hook_resid_pre": 0, "attn.hook_result": 1, "hook_resid_post": 2}
+    layer, site = parse_hook_name(name)
+    return layer, order.get(site, 3), site
+
+
+def activation_hooks(path: str | os.PathLike, sites: Iterable[str] = SITES) -> list[str]:
+    """Sample-level residual hook arrays of an activation store, in forward order."""
+    import zarr
+
+    sites = set(sites)
+    root = zarr.open_group(Path(path), mode="r")
+    names = [
+        name
+        for name in root.array_keys()
+        if name.startswith("blocks.") and parse_hook_name(name)[1] in sites
+    ]
+    return sorted(names, key=_hook_sort_key)
+
+
+def read_array(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One array of a store as a numpy array (float arrays as float32)."""
+    import zarr
+
+    arr = zarr.open_group(Path(path), mode="r")[name][...]
+    return arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+
+
+def read_sample_coords(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``sample`` ids plus the per-sample coordinates (label, split, frame_id)."""
+    return {key: read_array(path, key) for key in ("sample", *SAMPLE_COORDS)}
+
+
+def write_vectors(
+    path: str | os.PathLike,
+    hooks: list[str],
+    positions: list[str],
+    conditions: list[str],
+    unit: np.ndarray,
+    norm: np.ndarray,
+    projection: np.ndarray,
+    coords: dict[str, np.ndarray],
+    attrs: dict,
+) -> None:
+    """Directions store. unit [hook, position, condition, d_model], norm [hook, position,
+    condition], projection [hook, position, condition, sample]."""
+    import zarr
+
+    ignore_unstable_dtype_warning()
+    root = zarr.open_group(Path(path), mode="w", zarr_format=3)
+    root.attrs.update(attrs)
+    root.create_array("hook", data=np.array(hooks), dimension_names=["hook"])
+    root.create_array(
+        "layer", data=np.array([parse_hook_name(h)[0] for h in hooks]), dimension_names=["hook"]
+    )
+    root.create_array(
+        "site", data=np.array([parse_hook_name(h)[1] for h in hooks]), dimension_names=["hook"]
+    )
+    root.create_array("position", data=np.array(positions), dimension_names=["position"])
+    root.create_array("condition", data=np.array(conditions), dimension_names=["condition"])
+    for key, values in coords.items():
+        root.create_array(key, data=values, dimension_names=["sample"])
+    sample_coords = " ".join(k for k in coords if k != "sample")
+    hook_dims = ["hook", "position", "condition"]
+    for name, data, dims, extra in (
+        ("direction", unit, [*hook_dims, "d_model"], {"coordinates": "layer site"}),
+        ("norm", norm, hook_dims, {"coordinates": "layer site"}),
+        (
+            "projection",
+            projection,
+            [*hook_dims, "sample"],
+            {"coordinates": f"layer site {sample_coords}"},
+        ),
+    ):
+        root.create_array(
+            name, data=np.ascontiguousarray(data, dtype=np.float32), dimension_names=dims,
+            attributes=extra,
+        )
+
+
+def open_dataset(path: str | os.PathLike, group: str | None = None):
+    """An xarray view of a store (activations, vectors)."""
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        # manifest.json and Snakemake's .snakemake_timestamp sit beside the Zarr nodes.
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
+        return xr.open_zarr(Path(path), group=group, consolidated=False)

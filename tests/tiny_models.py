@@ -1,0 +1,78 @@
+"""Tiny randomly initialised causal LMs of each supported architecture, built in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ARCHS = ("llama", "gpt2", "gpt_neox", "gemma3")
+DATA = Path(__file__).parent / "data"
+
+
+def corpus() -> list[str]:
+    texts = [json.loads(line)["text"] for line in open(DATA / "prompts.jsonl")]
+    for line in open(DATA / "frames.jsonl"):
+        frame = json.loads(line)
+        texts += [frame["template"].replace("{phrase}", p) for p in frame["phrases"].values()]
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 400):
+    """Byte-level BPE trained on the test corpus, with <bos>/<pad>/<eos> and offsets."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+
+
+def build_config(arch: str, vocab_size: int):
+    from transformers import Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    common = {"vocab_size": vocab_size, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    if arch == "llama":
+        return LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, **common,
+        )
+    if arch == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=256, **common)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            max_position_embeddings=256, **common,
+        )
+    if arch == "gemma3":
+        return Gemma3TextConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+            sliding_window=16, **common,
+        )
+    raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
+
+
+def build_model_folder(arch: str, out: Path, seed: int = 0) -> Path:
+    """Save a tiny random model + tokenizer as an HF folder (float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = build_config(arch, len(tokenizer))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

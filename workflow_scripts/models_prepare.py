@@ -1,0 +1,19 @@
+"""prepare_model: snakemake.params.{model, source, family} -> output[0] HF folder + manifest."""
+
+from circuitflow import models, store
+from circuitflow.workflow import run_logged
+
+
+def main(smk):
+    p = smk.params
+    spec = models.ModelSpec(name=p.model, source=p.source, family=p.family)
+    facts = models.prepare_model(spec, smk.output[0])
+    store.write_manifest(
+        smk.output[0],
+        kind="model",
+        params={"model": p.model, "source": p.source, "family": p.family},
+        extra={"model": facts},
+    )
+
+
+run_logged(snakemake, main)  # noqa: F821

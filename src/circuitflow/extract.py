@@ -196,7 +196,7 @@ def _check_finite(name: str, arr: np.ndarray, cfg: ExtractConfig) -> np.ndarray:
         )
     if cfg.store_dtype == "float16":
         peak = float(np.abs(arr).max(initial=0.0))
-        if peak > np.finfo(np.float16).max:
+        if peak > float(np.finfo(np.float16).max):
             raise ExtractionError(
                 f"model {cfg.model_name!r}: |activation| {peak:.3g} at {name} overflows float16; "
                 "set extract.store_dtype: float32"

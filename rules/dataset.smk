@@ -12,5 +12,7 @@ rule build_prompts:
     log:
         "logs/build_prompts/{dataset}.log",
     cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/dataset_build_prompts.py"

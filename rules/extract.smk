@@ -20,5 +20,7 @@ rule extract_activations:
         mem_mb=8000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
     cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/extract_activations.py"

@@ -11,5 +11,7 @@ rule prepare_model:
     resources:
         mem_mb=6000,
     cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/models_prepare.py"

@@ -12,5 +12,7 @@ rule effect_sizes:
         stats=config["stats"],
     log:
         "logs/effect_sizes/effect_sizes.log",
+    conda:
+        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/stats_effect_sizes.py"

@@ -13,5 +13,7 @@ rule directions:
     log:
         "logs/directions/{dataset}/{model}.log",
     cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/vectors_directions.py"

@@ -50,7 +50,8 @@ def cohens_d(treatment, baseline, axis: int = -1):
     n1, n2 = t.shape[axis], b.shape[axis]
     v1, v2 = t.var(axis=axis, ddof=1), b.var(axis=axis, ddof=1)
     pooled = np.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
-    return (t.mean(axis=axis) - b.mean(axis=axis)) / pooled
+    with np.errstate(divide="ignore", invalid="ignore"):  # constant resamples -> nan/inf
+        return (t.mean(axis=axis) - b.mean(axis=axis)) / pooled
 
 
 def compare_independent(

@@ -1,0 +1,159 @@
+"""The Snakemake workflow end to end on tiny random models (tests/data prompts)."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from circuitflow import stats, store
+
+from conftest import REPO, TESTS
+
+pytestmark = pytest.mark.slow
+TARGET = "results/stats/effect_sizes.csv"
+
+
+def _config(models: dict, **extra) -> dict:
+    return {
+        "seed": 0,
+        "datasets": {
+            "tiny": {
+                "prompts": str(TESTS / "data" / "prompts.jsonl"),
+                "frames": str(TESTS / "data" / "frames.jsonl"),
+                "labels": ["gratitude", "anger", "apology", "neutral"],
+                "baseline": "neutral",
+                "test_fraction": 0.5,
+            }
+        },
+        "models": models,
+        "stats": {"bootstrap_resamples": 200},
+        **extra,
+    }
+
+
+def snakemake(workdir, config: dict, *args, cache=None, check=True):
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2"]
+    if cache is not None:
+        env["SNAKEMAKE_OUTPUT_CACHE"] = str(cache)
+        cmd.append("--cache")
+        cmd += ["--cores", "2"]  # ends --cache's rule list
+    proc = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dirs):
+    return {
+        "tiny-llama": {"source": str(tiny_model_dirs["llama"]), "per_token_layers": [1]},
+        "tiny-gemma3": {"source": str(tiny_model_dirs["gemma3"])},
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, models):
+    root = tmp_path_factory.mktemp("wf")
+    cache = root / "cache"
+    cache.mkdir()
+    work = root / "copy1"
+    snakemake(work, _config(models), TARGET, cache=cache)
+    return root, cache, work
+
+
+def test_effect_sizes_table(first_run):
+    _, _, work = first_run
+    table = pd.read_csv(work / TARGET)
+    assert list(table.columns) == stats.EFFECT_COLUMNS
+    assert set(table.model) == {"tiny-llama", "tiny-gemma3"}
+    assert set(table.condition) == {"gratitude", "anger", "apology"}
+    assert set(table.site) == {"hook_resid_pre", "hook_resid_post"}
+    assert set(table.position) == set(store.POSITIONS)
+    # 2 models x 3 layers x 2 sites x 3 positions x 3 conditions, minus constant comparisons
+    assert 0.8 * 108 <= len(table) <= 108
+    assert ((table.p_fdr_bh >= table.p) & (table.p_fdr_bh <= 1)).all()
+    assert (table.n_treatment == 8).all() and (table.n_baseline == 8).all()
+
+
+def test_every_artifact_has_an_intact_manifest(first_run):
+    _, _, work = first_run
+    artifacts = [
+        work / "resources/models/tiny-llama",
+        work / "results/datasets/tiny",
+        work / "results/activations/tiny/tiny-gemma3.zarr",
+        work / "results/vectors/tiny/tiny-llama.zarr",
+        work / TARGET,
+    ]
+    for path in artifacts:
+        assert store.verify(path) == [], path
+        assert len(store.read_manifest(path)["key"]) == 64
+
+
+def test_rerun_is_a_noop_and_downstream_params_do_not_rerun_extraction(first_run, models):
+    _, _, work = first_run
+    dry = snakemake(work, _config(models), "-n", TARGET)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    changed = _config(models)
+    changed["stats"]["bootstrap_resamples"] = 300
+    dry = snakemake(work, changed, "-n", TARGET)
+    out = dry.stdout + dry.stderr
+    assert "effect_sizes" in out
+    for rule in ("extract_activations", "prepare_model", "build_prompts", "directions"):
+        assert f"rule {rule}:" not in out, out
+
+
+def test_second_copy_reuses_the_cache(first_run, models):
+    root, cache, work = first_run
+    copy2 = root / "copy2"
+    proc = snakemake(copy2, _config(models), TARGET, cache=cache)
+    # cached jobs are copied from the cache: their scripts never ran, so they wrote no log
+    assert not (copy2 / "logs/extract_activations").exists(), proc.stderr[-2000:]
+    assert not (copy2 / "logs/prepare_model").exists()
+    for rel in ("results/activations/tiny/tiny-llama.zarr", "results/vectors/tiny/tiny-gemma3.zarr"):
+        assert store.read_manifest(copy2 / rel) == store.read_manifest(work / rel)
+    assert (copy2 / TARGET).read_bytes() == (work / TARGET).read_bytes()
+
+
+def test_unknown_config_key_is_named(tmp_path, models):
+    config = _config({"tiny-llama": {**models["tiny-llama"], "colour": "red"}})
+    proc = snakemake(tmp_path / "w", config, "-n", TARGET, check=False)
+    assert proc.returncode != 0
+    assert "config key models.tiny-llama.colour: unknown key; allowed here:" in proc.stderr
+
+
+def test_unreachable_hub_model_fails_in_one_line_without_partial_output(tmp_path):
+    work = tmp_path / "w"
+    proc = snakemake(
+        work, _config({"ghost": {"source": "nobody-here/no-such-model"}}),
+        "resources/models/ghost", check=False,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("circuitflow [")]
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "circuitflow [prepare_model]: model 'ghost': cannot load 'nobody-here/no-such-model'"
+    )
+    assert "set models.ghost.source: DIR" in lines[0]
+    assert not (work / "resources/models/ghost").exists()
+
+
+def test_lint_is_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_default_config_dry_run_lists_the_jobs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", TARGET],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode == 0, proc.stderr

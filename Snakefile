@@ -17,10 +17,9 @@ if not workflow.overwrite_configfiles:
 try:
     validate(config, schema="schemas/config.schema.yaml", set_default=True)
 except WorkflowError as err:
-    cause = next((a for a in err.args if hasattr(a, "absolute_path")), None)
-    if cause is None:
+    if not hasattr(err.__context__, "absolute_path"):  # not a jsonschema ValidationError
         raise
-    raise WorkflowError(describe_validation_error(cause)) from None
+    raise WorkflowError(describe_validation_error(err.__context__)) from None
 
 
 include: "rules/common.smk"

@@ -25,6 +25,8 @@ EFFECT_SIZES = "results/stats/effect_sizes.csv"
 LOGS = "logs/{rule}/{key}.log"
 
 MANIFEST = "manifest.json"
+# Files inside an artifact directory that are not part of its content.
+NOT_CONTENT = {MANIFEST, ".snakemake_timestamp"}
 SAMPLES_FILE = "samples.jsonl"
 
 # Activation store: one array per hook point at sample level, dims (sample, position, d_model);
@@ -102,7 +104,7 @@ def manifest_path(artifact: str | os.PathLike) -> Path:
 def _artifact_files(artifact: Path) -> list[Path]:
     if artifact.is_file():
         return [artifact]
-    return sorted(p for p in artifact.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(p for p in artifact.rglob("*") if p.is_file() and p.name not in NOT_CONTENT)
 
 
 def input_key(path: str | os.PathLike) -> str:

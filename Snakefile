@@ -27,6 +27,8 @@ include: "rules/models.smk"
 include: "rules/dataset.smk"
 include: "rules/extract.smk"
 include: "rules/vectors.smk"
+include: "rules/sae.smk"
+include: "rules/alignment.smk"
 include: "rules/stats.smk"
 
 

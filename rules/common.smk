@@ -51,3 +51,31 @@ def check_config():
 
 
 check_config()
+
+
+def per_token_hooks(model):
+    return [store.hook_name(layer, "hook_resid_post") for layer in model_entry(model)["per_token_layers"]]
+
+
+def sae_targets():
+    return [
+        store.SAE_DIR.format(dataset=d, model=m, hook=h, architecture=a)
+        for d in DATASETS
+        for m in MODELS
+        for h in per_token_hooks(m)
+        for a in config["sae"]["architectures"]
+    ]
+
+
+def alignment_pairs():
+    if "pairs" in config["alignment"]:
+        return [tuple(p) for p in config["alignment"]["pairs"]]
+    return [(a, b) for i, a in enumerate(MODELS) for b in MODELS[i + 1 :]]
+
+
+def alignment_targets():
+    return [
+        store.ALIGNMENT.format(dataset=d, model_a=a, model_b=b)
+        for d in DATASETS
+        for a, b in alignment_pairs()
+    ]

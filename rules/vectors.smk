@@ -10,6 +10,7 @@ rule directions:
         model="{model}",
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        k_max=config["vectors"]["k_max"],
     log:
         "logs/directions/{dataset}/{model}.log",
     cache: "omit-software"

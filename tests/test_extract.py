@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from tiny_models import ARCHS
 from transformers import AutoModelForCausalLM
 
 from circuitflow import extract, models, store
-from tiny_models import ARCHS
 
 
 def _hf_hidden_states(folder, ids):
@@ -130,7 +130,10 @@ def test_layer_subset_stops_early_and_matches_full(tiny_model_dirs, tiny_rows, t
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(ValueError, match=r"^extract.layers: layer 5 out of range for model 'm' with 3 layers \(0..2\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^extract.layers: layer 5 out of range for model 'm' with 3 layers \(0..2\)$",
+    ):
         extract.ExtractConfig(n_layers=3, layers=(5,), model_name="m")
     with pytest.raises(ValueError, match=r"^extract.sites: unknown site 'hook_mlp_out'"):
         extract.ExtractConfig(n_layers=3, sites=("hook_mlp_out",))
@@ -141,11 +144,16 @@ def test_nan_activations_fail_with_model_and_hook(tiny_model_dirs, tiny_rows, tm
     with torch.no_grad():
         bridge.original_model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     cfg = extract.ExtractConfig(n_layers=3, model_name="broken")
-    with pytest.raises(extract.ExtractionError, match=r"^model 'broken': NaN/inf activations at blocks\.1\.hook_resid_post"):
+    with pytest.raises(
+        extract.ExtractionError,
+        match=r"^model 'broken': NaN/inf activations at blocks\.1\.hook_resid_post",
+    ):
         extract.extract_to_zarr(bridge, tiny_rows, cfg, tmp_path / "x.zarr", progress=False)
 
 
 def test_float16_overflow_is_reported():
     cfg = extract.ExtractConfig(n_layers=1, model_name="big")
-    with pytest.raises(extract.ExtractionError, match="overflows float16; set extract.store_dtype: float32"):
+    with pytest.raises(
+        extract.ExtractionError, match="overflows float16; set extract.store_dtype: float32"
+    ):
         extract._check_finite("blocks.0.hook_resid_post", np.array([1e6], np.float32), cfg)

@@ -227,59 +227,83 @@ def test_samples_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------- vectors store
-def test_write_vectors_open_dataset(tmp_path):
+def test_vectors_store_round_trip(tmp_path):
     hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.2.hook_resid_pre"]
-    positions = ["last", "mean"]
+    positions = list(store.POSITIONS)
     conditions = ["anger", "gratitude"]
+    H, P, C, S, D = 3, len(positions), 2, 5, 8
     rng = np.random.default_rng(0)
-    unit = rng.normal(size=(3, 2, 2, 8))
-    norm = rng.random((3, 2, 2))
-    projection = rng.normal(size=(3, 2, 2, 5))
+    unit = rng.normal(size=(H, P, C, D))
+    norm = rng.random((H, P, C))
+    projection = rng.normal(size=(H, P, C, S))
+    cosines = rng.normal(size=(H, P, C, C))
     coords = {
         "sample": np.array(["p1", "p2", "p3", "f1.anger", "f1.neutral"]),
         "label": np.array(["anger", "neutral", "gratitude", "anger", "neutral"]),
         "split": np.array(["train", "test", "train", "test", "test"]),
         "frame_id": np.array(["", "", "", "f1", "f1"]),
     }
+    dims = ["hook", "position", "condition"]
+    ds = store.vectors_dataset(
+        hooks,
+        conditions,
+        coords,
+        {
+            "direction": ([*dims, "d_model"], unit),
+            "norm": (dims, norm),
+            "projection": ([*dims, "sample"], projection),
+            "cosine_conditions": ([*dims, "condition_b"], cosines),
+        },
+        attrs={"model": "tiny", "baseline": "neutral"},
+    )
     path = tmp_path / "v.zarr"
-    store.write_vectors(path, hooks, positions, conditions, unit, norm, projection, coords,
-                        {"model": "tiny", "baseline": "neutral"})
+    store.write_dataset(path, ds)
     ds = store.open_dataset(path)
-    assert dict(ds.sizes) == {"hook": 3, "position": 2, "condition": 2, "sample": 5, "d_model": 8}
+    assert dict(ds.sizes) == {
+        "hook": H, "position": P, "condition": C, "sample": S, "d_model": D, "condition_b": C
+    }
     assert ds["direction"].dims == ("hook", "position", "condition", "d_model")
     assert ds["norm"].dims == ("hook", "position", "condition")
     assert ds["projection"].dims == ("hook", "position", "condition", "sample")
     assert list(ds["hook"].values) == hooks
     assert list(ds["layer"].values) == [0, 0, 2]
     assert list(ds["site"].values) == ["hook_resid_pre", "hook_resid_post", "hook_resid_pre"]
-    assert list(ds["position"].values) == positions
+    assert list(ds["position"].values) == ["last", "trigger_mean", "mean"]
     assert list(ds["condition"].values) == conditions
+    assert list(ds["condition_b"].values) == conditions
     for key, values in coords.items():
+        assert key in ds.coords
         assert ds[key].dims == ("sample",)
         assert list(ds[key].values) == list(values)
-    for name in ("layer", "site", "label", "split", "sample"):
-        assert name in ds.coords
+    for name in ("layer", "site"):
+        assert name in ds.coords and ds[name].dims == ("hook",)
     assert ds["direction"].dtype == np.float32
     np.testing.assert_allclose(ds["direction"].values, unit.astype(np.float32))
     np.testing.assert_allclose(ds["norm"].values, norm.astype(np.float32))
     np.testing.assert_allclose(
         ds["projection"].sel(hook="blocks.2.hook_resid_pre", position="mean", condition="anger")
         .values,
-        projection[2, 1, 0].astype(np.float32),
+        projection[2, 2, 0].astype(np.float32),
+    )
+    np.testing.assert_allclose(
+        ds["cosine_conditions"].sel(condition="anger", condition_b="gratitude").values,
+        cosines[:, :, 0, 1].astype(np.float32),
     )
     assert ds.attrs == {"model": "tiny", "baseline": "neutral"}
     # label-based selection works through the sample coordinates
-    test_anger = ds["projection"].where((ds["split"] == "test") & (ds["label"] == "anger"),
-                                        drop=True)
+    test_anger = ds["projection"].where(
+        (ds["split"] == "test") & (ds["label"] == "anger"), drop=True
+    )
     assert list(test_anger["sample"].values) == ["f1.anger"]
     # the store with a manifest beside it still verifies and opens
     store.write_manifest(path, "vectors")
     assert store.verify(path) == []
-    assert dict(store.open_dataset(path).sizes)["sample"] == 5
+    assert store.open_dataset(path).sizes["sample"] == S
 
 
 @pytest.mark.xfail(
     strict=True,
+    raises=NotADirectoryError,
     reason="store.manifest_path treats an existing file without a suffix as a directory",
 )
 def test_write_manifest_single_file_without_suffix(tmp_path):

@@ -7,10 +7,9 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, TESTS
 
 from circuitflow import stats, store
-
-from conftest import REPO, TESTS
 
 pytestmark = pytest.mark.slow
 TARGET = "results/stats/effect_sizes.csv"
@@ -38,8 +37,19 @@ def snakemake(workdir, config: dict, *args, cache=None, check=True):
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+    ]
     if cache is not None:
         env["SNAKEMAKE_OUTPUT_CACHE"] = str(cache)
         cmd.append("--cache")
@@ -117,10 +127,16 @@ def test_second_copy_reuses_the_cache(first_run, models):
     for rel in ("results/activations/tiny/tiny-llama.zarr", "resources/models/tiny-gemma3"):
         assert f"Symlinking output file {rel}/manifest.json from cache" in out, out[-3000:]
     # cached jobs never ran their scripts: Snakemake touches their logs, nothing writes to them
-    logs = [*(copy2 / "logs").glob("extract_activations/*/*.log"), *(copy2 / "logs").glob("prepare_model/*.log")]
+    logs = [
+        *(copy2 / "logs").glob("extract_activations/*/*.log"),
+        *(copy2 / "logs").glob("prepare_model/*.log"),
+    ]
     assert len(logs) == 4 and all(log.stat().st_size == 0 for log in logs)
     assert (work / "logs/extract_activations/tiny/tiny-llama.log").stat().st_size > 0
-    for rel in ("results/activations/tiny/tiny-llama.zarr", "results/vectors/tiny/tiny-gemma3.zarr"):
+    for rel in (
+        "results/activations/tiny/tiny-llama.zarr",
+        "results/vectors/tiny/tiny-gemma3.zarr",
+    ):
         assert store.read_manifest(copy2 / rel) == store.read_manifest(work / rel)
     assert (copy2 / TARGET).read_bytes() == (work / TARGET).read_bytes()
 
@@ -129,14 +145,19 @@ def test_unknown_config_key_is_named(tmp_path, models):
     config = _config({"tiny-llama": {**models["tiny-llama"], "colour": "red"}})
     proc = snakemake(tmp_path / "w", config, "-n", TARGET, check=False)
     assert proc.returncode != 0
-    assert "config key models.tiny-llama.colour: unknown key; allowed here:" in proc.stdout + proc.stderr
+    assert (
+        "config key models.tiny-llama.colour: unknown key; allowed here:"
+        in proc.stdout + proc.stderr
+    )
 
 
 def test_unreachable_hub_model_fails_in_one_line_without_partial_output(tmp_path):
     work = tmp_path / "w"
     proc = snakemake(
-        work, _config({"ghost": {"source": "nobody-here/no-such-model"}}),
-        "resources/models/ghost", check=False,
+        work,
+        _config({"ghost": {"source": "nobody-here/no-such-model"}}),
+        "resources/models/ghost",
+        check=False,
     )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("circuitflow [")]
@@ -158,6 +179,9 @@ def test_lint_is_clean():
 def test_default_config_dry_run_lists_the_jobs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", TARGET, "--quiet", "rules"],
-        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert proc.returncode == 0, proc.stderr

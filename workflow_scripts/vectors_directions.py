@@ -1,4 +1,9 @@
-"""directions: activation store -> results/vectors/{dataset}/{model}.zarr (directions, projections)."""
+"""directions: activation store -> results/vectors/{dataset}/{model}.zarr.
+
+Per hook x position x condition: unit mean-difference direction and norm (train split),
+projections of every sample, the top-k PCA subspace of per-sample difference vectors, and
+cosine matrices between conditions and across hooks.
+"""
 
 import numpy as np
 
@@ -11,33 +16,78 @@ def main(smk):
     acts = smk.input.activations
     conditions = [label for label in p.labels if label != p.baseline]
     coords = store.read_sample_coords(acts)
-    train = coords["split"] == "train"
+    labels, train = coords["label"], coords["split"] == "train"
     hooks = store.activation_hooks(acts)
-    unit, norm, projection = [], [], []
+    P, C, K = len(store.POSITIONS), len(conditions), p.k_max
+    out = {
+        name: []
+        for name in (
+            "direction",
+            "norm",
+            "projection",
+            "subspace",
+            "singular_values",
+            "explained_variance_ratio",
+        )
+    }
     for hook in hooks:
         a = store.read_array(acts, hook)  # [sample, position, d_model]
-        u, n = vectors.directions(a, coords["label"], train, conditions, p.baseline)
-        unit.append(u)
-        norm.append(n)
-        projection.append(vectors.project(a, u))
-    store.write_vectors(
-        smk.output[0],
-        hooks=hooks,
-        positions=list(store.POSITIONS),
-        conditions=conditions,
-        unit=np.stack(unit),
-        norm=np.stack(norm),
-        projection=np.stack(projection),
-        coords=coords,
-        attrs={"dataset": p.dataset, "model": p.model, "baseline": p.baseline,
-               "method": "mean difference (train split), unit-normalised"},
+        unit, norm = vectors.directions(a, labels, train, conditions, p.baseline)
+        out["direction"].append(unit)
+        out["norm"].append(norm)
+        out["projection"].append(vectors.project(a, unit))
+        comps = np.zeros((P, C, K, a.shape[-1]))
+        sing = np.full((P, C, K), np.nan)
+        ratio = np.full((P, C, K), np.nan)
+        for i in range(P):
+            for j, condition in enumerate(conditions):
+                diffs = vectors.difference_vectors(a[:, i], labels, condition, p.baseline, train)
+                c, s, r = vectors.pca_subspace(diffs, K)
+                comps[i, j, : len(c)], sing[i, j, : len(s)], ratio[i, j, : len(r)] = c, s, r
+        out["subspace"].append(comps)
+        out["singular_values"].append(sing)
+        out["explained_variance_ratio"].append(ratio)
+    out = {name: np.stack(values) for name, values in out.items()}
+    unit = out["direction"]  # [hook, position, condition, d_model]
+    dims = ["hook", "position", "condition"]
+    ds = store.vectors_dataset(
+        hooks,
+        conditions,
+        coords,
+        {
+            "direction": ([*dims, "d_model"], unit),
+            "norm": (dims, out["norm"]),
+            "projection": ([*dims, "sample"], out["projection"]),
+            "subspace": ([*dims, "component", "d_model"], out["subspace"]),
+            "singular_values": ([*dims, "component"], out["singular_values"]),
+            "explained_variance_ratio": ([*dims, "component"], out["explained_variance_ratio"]),
+            "cosine_conditions": ([*dims, "condition_b"], vectors.cosine_matrix(unit)),
+            "cosine_hooks": (
+                ["position", "condition", "hook", "hook_b"],
+                vectors.cosine_matrix(unit.transpose(1, 2, 0, 3)),
+            ),
+        },
+        attrs={
+            "dataset": p.dataset,
+            "model": p.model,
+            "baseline": p.baseline,
+            "direction": "mean(condition) - mean(baseline) on the train split, unit norm",
+            "subspace": "uncentred full SVD of train difference vectors (sample - mean baseline); "
+            "sign: mean difference projects positively",
+        },
     )
+    store.write_dataset(smk.output[0], ds)
     store.write_manifest(
         smk.output[0],
         kind="vectors",
         inputs={"activations": acts, "dataset": smk.input.dataset},
-        params={"dataset": p.dataset, "model": p.model, "conditions": conditions,
-                "baseline": p.baseline},
+        params={
+            "dataset": p.dataset,
+            "model": p.model,
+            "conditions": conditions,
+            "baseline": p.baseline,
+            "k_max": K,
+        },
     )
 
 

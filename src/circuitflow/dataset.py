@@ -102,7 +102,8 @@ def expand_frames(path: str | Path, labels: Sequence[str]) -> list[dict]:
         unknown = sorted(set(phrases) - set(labels))
         if unknown:
             raise DatasetError(
-                f"{path}:{lineno}: unknown label {unknown[0]!r}; expected one of {', '.join(labels)}"
+                f"{path}:{lineno}: unknown label {unknown[0]!r}; "
+                f"expected one of {', '.join(labels)}"
             )
         missing = [label for label in labels if label not in phrases]
         if missing:
@@ -205,4 +206,3 @@ def label_counts(rows: Sequence[dict]) -> dict[str, dict[str, int]]:
         out.setdefault(r["split"], {}).setdefault(r["label"], 0)
         out[r["split"]][r["label"]] += 1
     return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}
-

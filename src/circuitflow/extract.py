@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
 from zarr.codecs import BloscCodec
 
@@ -83,7 +84,10 @@ class ExtractConfig:
         names = {store.hook_name(layer, site) for layer in self.resid_layers for site in self.sites}
         names |= {store.hook_name(layer, "hook_resid_post") for layer in self.per_token_layers}
         names |= {store.hook_name(layer, "attn.hook_z") for layer in self.head_layers_}
-        return sorted(names, key=lambda n: (store.parse_hook_name(n)[0], SITE_ORDER[store.parse_hook_name(n)[1]]))
+        return sorted(
+            names,
+            key=lambda n: (store.parse_hook_name(n)[0], SITE_ORDER[store.parse_hook_name(n)[1]]),
+        )
 
 
 @dataclass
@@ -102,7 +106,9 @@ def tokenize(tokenizer, rows: Sequence[dict], prepend_bos: bool) -> list[Tokeniz
     )
     bos = [tokenizer.bos_token_id] if prepend_bos else []
     if prepend_bos and tokenizer.bos_token_id is None:
-        raise ExtractionError("prepend_bos is true but the tokenizer has no bos_token; set it false")
+        raise ExtractionError(
+            "prepend_bos is true but the tokenizer has no bos_token; set it false"
+        )
     out = []
     for row, ids, offsets in zip(rows, enc["input_ids"], enc["offset_mapping"], strict=True):
         if not ids:
@@ -110,78 +116,95 @@ def tokenize(tokenizer, rows: Sequence[dict], prepend_bos: bool) -> list[Tokeniz
         start, end = row["span"]
         span = [i + len(bos) for i, (a, b) in enumerate(offsets) if a < end and b > start]
         if not span:
-            raise ExtractionError(
-                f"sample {row['sample_id']}: span {row['span']} covers no token"
-            )
+            raise ExtractionError(f"sample {row['sample_id']}: span {row['span']} covers no token")
         out.append(
             Tokenized(np.asarray(bos + list(ids), dtype=np.int64), np.asarray(span), len(bos))
         )
     return out
 
 
-def _forward_batch(bridge, batch: Sequence[Tokenized], cfg: ExtractConfig, W_O, pad_id: int):
-    """Run one right-padded batch; returns {hook: reduced array}, per-token arrays by layer."""
-    import torch
+class _Recorder:
+    """Hook functions attached once for a whole run; each batch sets its masks and indices.
 
-    B = len(batch)
-    lengths = torch.tensor([len(t.ids) for t in batch])
-    P = int(lengths.max())
-    tokens = torch.full((B, P), pad_id, dtype=torch.long)
-    span_mask = torch.zeros(B, P)
-    tok_mask = torch.zeros(B, P)
-    for i, t in enumerate(batch):
-        tokens[i, : len(t.ids)] = torch.from_numpy(t.ids)
-        span_mask[i, torch.from_numpy(t.span)] = 1
-        tok_mask[i, t.first : len(t.ids)] = 1
-    last = lengths - 1
-    rows = torch.arange(B)
-    span_mask = (span_mask / span_mask.sum(1, keepdim=True)).unsqueeze(-1)
-    tok_mask_n = (tok_mask / tok_mask.sum(1, keepdim=True)).unsqueeze(-1)
-    pooled: dict[str, np.ndarray] = {}
-    per_token: dict[int, list[np.ndarray]] = {}
-    hooks = cfg.hooks()
-    stop_at = hooks[-1]
-    per_token_names = {store.hook_name(layer, "hook_resid_post"): layer for layer in cfg.per_token_layers}
-    pooled_names = {store.hook_name(layer, site) for layer in cfg.resid_layers for site in cfg.sites}
+    Entering ``bridge.hooks`` per batch costs ~0.4 s (TransformerLens rebuilds its alias map),
+    more than the forward pass of a small batch, so hooks stay attached across batches.
+    """
 
-    def record(x, name):
+    def __init__(self, bridge, cfg: ExtractConfig, pad_id: int):
+        self.bridge, self.cfg, self.pad_id = bridge, cfg, pad_id
+        self.device = next(bridge.parameters()).device
+        self.W_O = bridge.W_O.detach().float()
+        self.hooks = cfg.hooks()
+        self.per_token_names = {
+            store.hook_name(layer, "hook_resid_post"): layer for layer in cfg.per_token_layers
+        }
+        self.pooled_names = {
+            store.hook_name(layer, site) for layer in cfg.resid_layers for site in cfg.sites
+        }
+
+    def fwd_hooks(self):
+        return [(name, lambda x, hook, name=name: self.record(x, name)) for name in self.hooks]
+
+    def record(self, x, name):
         layer, site = store.parse_hook_name(name)
         x = x.float()
+        B = x.shape[0]
         if site == "attn.hook_z":
-            z = x[rows, last].reshape(B, W_O.shape[1], -1)  # [B, head, d_head]
-            pooled[store.hook_name(layer, store.HEAD_SITE)] = torch.einsum(
-                "bhd,hdm->bhm", z, W_O[layer].float()
-            ).numpy()
+            z = x[self.rows, self.last].reshape(B, self.W_O.shape[1], -1)  # [B, head, d_head]
+            result = torch.einsum("bhd,hdm->bhm", z, self.W_O[layer])
+            self.pooled[store.hook_name(layer, store.HEAD_SITE)] = result.cpu().numpy()
         else:
-            if name in pooled_names:
-                pooled[name] = torch.stack(
-                    [x[rows, last], (x * span_mask).sum(1), (x * tok_mask_n).sum(1)], dim=1
-                ).numpy()
-            if name in per_token_names:
-                per_token[per_token_names[name]] = [
-                    x[i, t.first : len(t.ids)].numpy() for i, t in enumerate(batch)
+            if name in self.pooled_names:
+                pooled = torch.stack(
+                    [
+                        x[self.rows, self.last],
+                        (x * self.span_w).sum(1),
+                        (x * self.tok_w).sum(1),
+                    ],
+                    dim=1,
+                )
+                self.pooled[name] = pooled.cpu().numpy()
+            if name in self.per_token_names:
+                xc = x.cpu()
+                self.per_token[self.per_token_names[name]] = [
+                    xc[i, t.first : len(t.ids)].numpy() for i, t in enumerate(self.batch)
                 ]
-        if name == stop_at:
+        if name == self.hooks[-1]:
             raise _StopForward
         return None
 
-    fwd_hooks = [(name, lambda x, hook, name=name: record(x, name)) for name in hooks]
-    with torch.no_grad(), bridge.hooks(fwd_hooks=fwd_hooks):
+    def run(self, batch: Sequence[Tokenized]):
+        """Forward one right-padded batch; returns ({hook: pooled array}, {layer: per-token})."""
+        B = len(batch)
+        lengths = torch.tensor([len(t.ids) for t in batch])
+        P = int(lengths.max())
+        tokens = torch.full((B, P), self.pad_id, dtype=torch.long)
+        span = torch.zeros(B, P)
+        tok = torch.zeros(B, P)
+        for i, t in enumerate(batch):
+            tokens[i, : len(t.ids)] = torch.from_numpy(t.ids)
+            span[i, torch.from_numpy(t.span)] = 1
+            tok[i, t.first : len(t.ids)] = 1
+        dev = self.device
+        self.batch = batch
+        self.rows = torch.arange(B, device=dev)
+        self.last = (lengths - 1).to(dev)
+        self.span_w = (span / span.sum(1, keepdim=True)).unsqueeze(-1).to(dev)
+        self.tok_w = (tok / tok.sum(1, keepdim=True)).unsqueeze(-1).to(dev)
+        self.pooled, self.per_token = {}, {}
         try:
-            bridge(tokens, return_type=None)
+            self.bridge(tokens.to(dev), return_type=None)
         except _StopForward:
             pass
-    missing = sorted(set(hooks) - {n for n in hooks if _seen(n, pooled, per_token_names, per_token)})
-    if missing:
-        raise ExtractionError(f"model {cfg.model_name!r}: hook {missing[0]} never fired")
-    return pooled, per_token
-
-
-def _seen(name, pooled, per_token_names, per_token) -> bool:
-    layer, site = store.parse_hook_name(name)
-    if site == "attn.hook_z":
-        return store.hook_name(layer, store.HEAD_SITE) in pooled
-    return name in pooled or per_token_names.get(name) in per_token
+        fired = set(self.pooled) | {
+            store.hook_name(layer, "hook_resid_post") for layer in self.per_token
+        }
+        for name in self.hooks:
+            layer, site = store.parse_hook_name(name)
+            key = store.hook_name(layer, store.HEAD_SITE) if site == "attn.hook_z" else name
+            if key not in fired:
+                raise ExtractionError(f"model {self.cfg.model_name!r}: hook {name} never fired")
+        return self.pooled, self.per_token
 
 
 def _compressor(level: int):
@@ -212,15 +235,13 @@ def extract_to_zarr(
     progress: bool = True,
 ) -> dict:
     """Write the activation store for ``rows`` at ``out_path``; returns summary facts."""
-    import torch
     from tqdm import tqdm
 
     tokenizer = bridge.tokenizer
     toks = tokenize(tokenizer, rows, cfg.prepend_bos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    W_O = bridge.W_O.detach()
     d_model = bridge.cfg.d_model
-    n_heads = W_O.shape[1]
+    n_heads = bridge.W_O.shape[1]
     N = len(rows)
     chunk = min(cfg.chunk_samples, N)
 
@@ -239,11 +260,11 @@ def extract_to_zarr(
     )
     for key, values in _coords(rows).items():
         root.create_array(key, data=values, dimension_names=["sample"])
+    root.create_array("position", data=np.array(store.POSITIONS), dimension_names=["position"])
     root.create_array(
-        "position", data=np.array(store.POSITIONS), dimension_names=["position"]
-    )
-    root.create_array(
-        "n_tokens", data=np.array([len(t.ids) for t in toks], dtype=np.int32), dimension_names=["sample"]
+        "n_tokens",
+        data=np.array([len(t.ids) for t in toks], dtype=np.int32),
+        dimension_names=["sample"],
     )
     comp = _compressor(cfg.compression_level)
     arrays = {}
@@ -251,17 +272,28 @@ def extract_to_zarr(
         for site in cfg.sites:
             name = store.hook_name(layer, site)
             arrays[name] = root.create_array(
-                name, shape=(N, len(store.POSITIONS), d_model), chunks=(chunk, len(store.POSITIONS), d_model),
-                dtype=cfg.store_dtype, compressors=comp,
+                name,
+                shape=(N, len(store.POSITIONS), d_model),
+                chunks=(chunk, len(store.POSITIONS), d_model),
+                dtype=cfg.store_dtype,
+                compressors=comp,
                 dimension_names=["sample", "position", "d_model"],
                 attributes={"coordinates": COORDS_ATTR},
             )
     for layer in cfg.head_layers_:
         name = store.hook_name(layer, store.HEAD_SITE)
         arrays[name] = root.create_array(
-            name, shape=(N, n_heads, d_model), chunks=(chunk, n_heads, d_model),
-            dtype=cfg.store_dtype, compressors=comp, dimension_names=["sample", "head", "d_model"],
-            attributes={"coordinates": COORDS_ATTR, "position": "last", "definition": "attn.hook_z @ W_O per head (before any post-attention norm)"},
+            name,
+            shape=(N, n_heads, d_model),
+            chunks=(chunk, n_heads, d_model),
+            dtype=cfg.store_dtype,
+            compressors=comp,
+            dimension_names=["sample", "head", "d_model"],
+            attributes={
+                "coordinates": COORDS_ATTR,
+                "position": "last",
+                "definition": "attn.hook_z @ W_O per head (before any post-attention norm)",
+            },
         )
     n_tok_per = np.array([len(t.ids) - t.first for t in toks])
     offsets = np.concatenate([[0], np.cumsum(n_tok_per)])
@@ -269,43 +301,74 @@ def extract_to_zarr(
     if cfg.per_token_layers:
         T = int(offsets[-1])
         grp = root.create_group(store.TOKENS_GROUP)
-        grp.create_array("sample_index", data=np.repeat(np.arange(N, dtype=np.int32), n_tok_per), dimension_names=["token"])
-        grp.create_array("position", data=np.concatenate([np.arange(t.first, len(t.ids), dtype=np.int32) for t in toks]), dimension_names=["token"])
-        grp.create_array("token_id", data=np.concatenate([t.ids[t.first:] for t in toks]).astype(np.int32), dimension_names=["token"])
+        grp.create_array(
+            "sample_index",
+            data=np.repeat(np.arange(N, dtype=np.int32), n_tok_per),
+            dimension_names=["token"],
+        )
+        grp.create_array(
+            "position",
+            data=np.concatenate([np.arange(t.first, len(t.ids), dtype=np.int32) for t in toks]),
+            dimension_names=["token"],
+        )
+        grp.create_array(
+            "token_id",
+            data=np.concatenate([t.ids[t.first :] for t in toks]).astype(np.int32),
+            dimension_names=["token"],
+        )
         tok_chunk = max(1, min(T, 4096))
         for layer in cfg.per_token_layers:
             name = store.hook_name(layer, "hook_resid_post")
             tok_arrays[layer] = grp.create_array(
-                name, shape=(T, d_model), chunks=(tok_chunk, d_model), dtype=cfg.store_dtype,
-                compressors=comp, dimension_names=["token", "d_model"],
+                name,
+                shape=(T, d_model),
+                chunks=(tok_chunk, d_model),
+                dtype=cfg.store_dtype,
+                compressors=comp,
+                dimension_names=["token", "d_model"],
             )
 
-    torch.set_grad_enabled(False)
+    recorder = _Recorder(bridge, cfg, pad_id)
     bar = tqdm(total=N, desc=f"extract {cfg.model_name}", unit="prompt", disable=not progress)
     n_tokens = 0
-    for c0 in range(0, N, chunk):
-        c1 = min(N, c0 + chunk)
-        idx = sorted(range(c0, c1), key=lambda i: (len(toks[i].ids), i))
-        buf = {name: np.empty((c1 - c0,) + a.shape[1:], dtype=np.float32) for name, a in arrays.items()}
-        tok_buf = {layer: np.empty((offsets[c1] - offsets[c0], d_model), np.float32) for layer in tok_arrays}
-        for b0 in range(0, len(idx), cfg.batch_size):
-            sel = idx[b0 : b0 + cfg.batch_size]
-            pooled, per_token = _forward_batch(bridge, [toks[i] for i in sel], cfg, W_O, pad_id)
-            local = np.asarray(sel) - c0
-            for name, values in pooled.items():
-                buf[name][local] = values
-            for layer, pieces in per_token.items():
-                for i, piece in zip(sel, pieces, strict=True):
-                    tok_buf[layer][offsets[i] - offsets[c0] : offsets[i + 1] - offsets[c0]] = piece
-            n_tokens += sum(len(toks[i].ids) for i in sel)
-            bar.update(len(sel))
-        for name, values in buf.items():
-            arrays[name][c0:c1] = _check_finite(name, values, cfg)
-        for layer, values in tok_buf.items():
-            name = f"{store.TOKENS_GROUP}/{store.hook_name(layer, 'hook_resid_post')}"
-            tok_arrays[layer][offsets[c0] : offsets[c1]] = _check_finite(name, values, cfg)
+    with torch.no_grad(), bridge.hooks(fwd_hooks=recorder.fwd_hooks()):
+        for c0 in range(0, N, chunk):
+            c1 = min(N, c0 + chunk)
+            idx = sorted(range(c0, c1), key=lambda i: (len(toks[i].ids), i))
+            buf = {
+                name: np.empty((c1 - c0,) + a.shape[1:], dtype=np.float32)
+                for name, a in arrays.items()
+            }
+            tok_buf = {
+                layer: np.empty((offsets[c1] - offsets[c0], d_model), np.float32)
+                for layer in tok_arrays
+            }
+            for b0 in range(0, len(idx), cfg.batch_size):
+                sel = idx[b0 : b0 + cfg.batch_size]
+                pooled, per_token = recorder.run([toks[i] for i in sel])
+                local = np.asarray(sel) - c0
+                for name, values in pooled.items():
+                    buf[name][local] = values
+                for layer, pieces in per_token.items():
+                    for i, piece in zip(sel, pieces, strict=True):
+                        tok_buf[layer][offsets[i] - offsets[c0] : offsets[i + 1] - offsets[c0]] = (
+                            piece
+                        )
+                n_tokens += sum(len(toks[i].ids) for i in sel)
+                bar.update(len(sel))
+            for name, values in buf.items():
+                arrays[name][c0:c1] = _check_finite(name, values, cfg)
+            for layer, values in tok_buf.items():
+                name = f"{store.TOKENS_GROUP}/{store.hook_name(layer, 'hook_resid_post')}"
+                tok_arrays[layer][offsets[c0] : offsets[c1]] = _check_finite(name, values, cfg)
     bar.close()
-    return {"n_samples": N, "n_tokens": n_tokens, "hooks": cfg.hooks(), "d_model": d_model, "n_heads": n_heads}
+    return {
+        "n_samples": N,
+        "n_tokens": n_tokens,
+        "hooks": cfg.hooks(),
+        "d_model": d_model,
+        "n_heads": n_heads,
+    }
 
 
 def _coords(rows: Sequence[dict]) -> dict[str, np.ndarray]:

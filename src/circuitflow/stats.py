@@ -123,7 +123,17 @@ def finalize(rows: Sequence[dict]) -> pd.DataFrame:
             table[col] = np.nan
     table = adjust_pvalues(table[EFFECT_COLUMNS])
     validate_effect_table(table)
-    keys = ["phase", "dataset", "model", "layer", "site", "position", "condition", "comparison", "metric"]
+    keys = [
+        "phase",
+        "dataset",
+        "model",
+        "layer",
+        "site",
+        "position",
+        "condition",
+        "comparison",
+        "metric",
+    ]
     return table.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
@@ -172,7 +182,10 @@ def separation_rows(
                 if np.ptp(values[treat | base]) == 0:
                     continue
                 result = compare_independent(
-                    values[treat], values[base], seed=seed, n_resamples=n_resamples,
+                    values[treat],
+                    values[base],
+                    seed=seed,
+                    n_resamples=n_resamples,
                     confidence_level=confidence_level,
                 )
                 rows.append(

@@ -21,6 +21,8 @@ MODEL_DIR = "resources/models/{model}"
 DATASET_DIR = "results/datasets/{dataset}"
 ACTIVATIONS = "results/activations/{dataset}/{model}.zarr"
 VECTORS = "results/vectors/{dataset}/{model}.zarr"
+SAE_DIR = "results/sae/{dataset}/{model}/{hook}/{architecture}"
+ALIGNMENT = "results/alignment/{dataset}/{model_a}__{model_b}.csv"
 EFFECT_SIZES = "results/stats/effect_sizes.csv"
 LOGS = "logs/{rule}/{key}.log"
 
@@ -94,7 +96,7 @@ def code_version() -> str:
 
 # ---------------------------------------------------------------- manifests
 def manifest_path(artifact: str | os.PathLike) -> Path:
-    """Directory artifacts hold ``manifest.json``; a single file has a ``.manifest.json`` sidecar."""
+    """Directory artifacts hold ``manifest.json``; a file has a ``.manifest.json`` sidecar."""
     artifact = Path(artifact)
     if artifact.is_dir() or artifact.suffix in ("", ".zarr"):
         return artifact / MANIFEST
@@ -206,7 +208,7 @@ def remove_partial(path: str | os.PathLike) -> None:
 
 # ---------------------------------------------------------------- datasets
 def read_samples(dataset_dir: str | os.PathLike) -> list[dict]:
-    """Rows of a built dataset (``samples.jsonl``): sample_id, text, label, split, frame_id, span."""
+    """Rows of a built dataset (``samples.jsonl``): sample_id, text, label, split, span, ..."""
     path = Path(dataset_dir) / SAMPLES_FILE
     with open(path) as f:
         return [json.loads(line) for line in f]
@@ -262,51 +264,46 @@ def read_sample_coords(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {key: read_array(path, key) for key in ("sample", *SAMPLE_COORDS)}
 
 
-def write_vectors(
-    path: str | os.PathLike,
-    hooks: list[str],
-    positions: list[str],
-    conditions: list[str],
-    unit: np.ndarray,
-    norm: np.ndarray,
-    projection: np.ndarray,
-    coords: dict[str, np.ndarray],
-    attrs: dict,
-) -> None:
-    """Directions store. unit [hook, position, condition, d_model], norm [hook, position,
-    condition], projection [hook, position, condition, sample]."""
-    import zarr
-
+def write_dataset(path: str | os.PathLike, ds) -> None:
+    """Write an xarray Dataset as a Zarr v3 store (no consolidated metadata, float32 data)."""
     ignore_unstable_dtype_warning()
-    root = zarr.open_group(Path(path), mode="w", zarr_format=3)
-    root.attrs.update(attrs)
-    root.create_array("hook", data=np.array(hooks), dimension_names=["hook"])
-    root.create_array(
-        "layer", data=np.array([parse_hook_name(h)[0] for h in hooks]), dimension_names=["hook"]
+    ds.to_zarr(Path(path), mode="w", zarr_format=3, consolidated=False)
+
+
+def vectors_dataset(
+    hooks: list[str],
+    conditions: list[str],
+    coords: dict[str, np.ndarray],
+    arrays: dict[str, tuple[list[str], np.ndarray]],
+    attrs: dict,
+):
+    """The vectors store as an xarray Dataset: ``arrays`` maps name -> (dims, values) over the
+    dims hook, position, condition, component, sample, d_model (and hook_b / condition_b for
+    pairwise matrices)."""
+    import xarray as xr
+
+    layers = [parse_hook_name(h)[0] for h in hooks]
+    sites = [parse_hook_name(h)[1] for h in hooks]
+    ds = xr.Dataset(
+        {
+            name: (dims, np.asarray(values, dtype=np.float32))
+            for name, (dims, values) in arrays.items()
+        },
+        coords={
+            "hook": hooks,
+            "layer": ("hook", np.asarray(layers)),
+            "site": ("hook", np.asarray(sites)),
+            "position": list(POSITIONS),
+            "condition": conditions,
+            "sample": coords["sample"],
+            **{key: ("sample", coords[key]) for key in SAMPLE_COORDS},
+        },
+        attrs=attrs,
     )
-    root.create_array(
-        "site", data=np.array([parse_hook_name(h)[1] for h in hooks]), dimension_names=["hook"]
-    )
-    root.create_array("position", data=np.array(positions), dimension_names=["position"])
-    root.create_array("condition", data=np.array(conditions), dimension_names=["condition"])
-    for key, values in coords.items():
-        root.create_array(key, data=values, dimension_names=["sample"])
-    sample_coords = " ".join(k for k in coords if k != "sample")
-    hook_dims = ["hook", "position", "condition"]
-    for name, data, dims, extra in (
-        ("direction", unit, [*hook_dims, "d_model"], {"coordinates": "layer site"}),
-        ("norm", norm, hook_dims, {"coordinates": "layer site"}),
-        (
-            "projection",
-            projection,
-            [*hook_dims, "sample"],
-            {"coordinates": f"layer site {sample_coords}"},
-        ),
-    ):
-        root.create_array(
-            name, data=np.ascontiguousarray(data, dtype=np.float32), dimension_names=dims,
-            attributes=extra,
-        )
+    for dim in ("hook_b", "condition_b"):
+        if dim in ds.dims:
+            ds = ds.assign_coords({dim: ds[dim.removesuffix("_b")].values})
+    return ds
 
 
 def open_dataset(path: str | os.PathLike, group: str | None = None):

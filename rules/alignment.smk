@@ -1,0 +1,1 @@
+# Cross-model alignment and k-sweep (issue 3).

@@ -1,0 +1,1 @@
+# Sparse autoencoders on per-token activations (issue 3).

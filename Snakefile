@@ -29,10 +29,16 @@ include: "rules/extract.smk"
 include: "rules/vectors.smk"
 include: "rules/sae.smk"
 include: "rules/alignment.smk"
+include: "rules/patching.smk"
+include: "rules/steering.smk"
 include: "rules/stats.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         EFFECT_SIZES,
+        "results/stats/summary.md",
+        rules.plot_separability.output,
+        rules.plot_cosines.output,
     default_target: True

@@ -1,1 +1,32 @@
-# Cross-model alignment and k-sweep (issue 3).
+# Cross-model alignment and k-sweep (issue 3): maps learned on neutral samples, emotion-subspace
+# overlap before/after mapping, random and shuffled-pairing baselines, in one tidy CSV.
+
+
+rule align_models:
+    """Procrustes / ridge / CCA maps model_a -> model_b on train neutral samples; mean cos² of
+    principal angles between mapped and target emotion subspaces for k = 1..k_max."""
+    input:
+        activations_a=lambda wc: store.ACTIVATIONS.format(dataset=wc.dataset, model=wc.model_a),
+        activations_b=lambda wc: store.ACTIVATIONS.format(dataset=wc.dataset, model=wc.model_b),
+        vectors_a=lambda wc: store.VECTORS.format(dataset=wc.dataset, model=wc.model_a),
+        vectors_b=lambda wc: store.VECTORS.format(dataset=wc.dataset, model=wc.model_b),
+    output:
+        store.ALIGNMENT,
+    wildcard_constraints:
+        model_a=_choice(MODELS),
+        model_b=_choice(MODELS),
+    params:
+        dataset="{dataset}",
+        model_a="{model_a}",
+        model_b="{model_b}",
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        alignment={k: v for k, v in config["alignment"].items() if k != "pairs"},
+        k_max=config["alignment"].get("k_max", config["vectors"]["k_max"]),
+        seed=config["seed"],
+    threads: 1
+    log:
+        "logs/align_models/{dataset}/{model_a}__{model_b}.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/alignment_align_models.py"

@@ -79,3 +79,11 @@ def alignment_targets():
         for d in DATASETS
         for a, b in alignment_pairs()
     ]
+
+
+def patching_targets():
+    return [store.PATCHING_DIR.format(dataset=d, model=m) for d in DATASETS for m in MODELS]
+
+
+def steering_targets():
+    return [store.STEERING_DIR.format(dataset=d, model=m) for d in DATASETS for m in MODELS]

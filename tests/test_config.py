@@ -92,16 +92,24 @@ def test_unknown_top_level_key(config):
     err = _validation_error(config)
     allowed = _allowed([])
     assert {"datasets", "extract", "models", "seed", "stats"} <= set(allowed.split(", "))
-    assert describe_validation_error(err) == f"config key colour: unknown key; allowed here: {allowed}"
+    assert (
+        describe_validation_error(err) == f"config key colour: unknown key; allowed here: {allowed}"
+    )
 
 
 def test_unknown_key_in_model_entry(config):
     config["models"]["smollm2-135m"]["colour"] = "red"
     err = _validation_error(config)
     allowed = _allowed(["properties", "models", "additionalProperties"])
-    assert {"backend", "device", "dtype", "family", "per_token_layers", "prepend_bos", "source"} <= (
-        set(allowed.split(", "))
-    )
+    assert {
+        "backend",
+        "device",
+        "dtype",
+        "family",
+        "per_token_layers",
+        "prepend_bos",
+        "source",
+    } <= (set(allowed.split(", ")))
     assert describe_validation_error(err) == (
         f"config key models.smollm2-135m.colour: unknown key; allowed here: {allowed}"
     )

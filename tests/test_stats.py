@@ -135,11 +135,26 @@ def test_family_name():
 # ---------------------------------------------------------------- tidy table
 def _row(**override):
     row = {
-        "phase": "vectors", "dataset": "emotion", "model": "m", "layer": 1, "site": "hook_resid_pre",
-        "position": "last", "condition": "anger", "comparison": "vs_neutral", "metric": "proj",
-        "family": "vectors/emotion/m/proj", "test": "welch_t", "n_treatment": 10,
-        "n_baseline": 10, "mean_treatment": 1.0, "sd_treatment": 1.0, "mean_baseline": 0.0,
-        "sd_baseline": 1.0, "effect_size": "cohens_d", "estimate": 1.0, "statistic": 2.2,
+        "phase": "vectors",
+        "dataset": "emotion",
+        "model": "m",
+        "layer": 1,
+        "site": "hook_resid_pre",
+        "position": "last",
+        "condition": "anger",
+        "comparison": "vs_neutral",
+        "metric": "proj",
+        "family": "vectors/emotion/m/proj",
+        "test": "welch_t",
+        "n_treatment": 10,
+        "n_baseline": 10,
+        "mean_treatment": 1.0,
+        "sd_treatment": 1.0,
+        "mean_baseline": 0.0,
+        "sd_baseline": 1.0,
+        "effect_size": "cohens_d",
+        "estimate": 1.0,
+        "statistic": 2.2,
         "p": 0.04,
     }
     row.update(override)
@@ -147,8 +162,11 @@ def _row(**override):
 
 
 def test_finalize_columns_order_and_correction():
-    rows = [_row(layer=2, p=0.04), _row(layer=0, p=0.01), _row(layer=1, p=0.5, model="z",
-                                                              family="other")]
+    rows = [
+        _row(layer=2, p=0.04),
+        _row(layer=0, p=0.01),
+        _row(layer=1, p=0.5, model="z", family="other"),
+    ]
     table = stats.finalize(rows)
     assert list(table.columns) == stats.EFFECT_COLUMNS
     assert list(table["layer"]) == [0, 2, 1]  # sorted by model, then layer
@@ -201,8 +219,17 @@ def test_separation_rows():
     # hook 0, position "last": every held-out value identical (nothing to compare)
     proj[0, 0] = 0.25
     rows = stats.separation_rows(
-        proj, hooks, positions, conditions, labels, split, baseline="neutral",
-        dataset="emotion", model="m", seed=0, n_resamples=300,
+        proj,
+        hooks,
+        positions,
+        conditions,
+        labels,
+        split,
+        baseline="neutral",
+        dataset="emotion",
+        model="m",
+        seed=0,
+        n_resamples=300,
     )
     assert len(rows) == 2 * 2 * 2 - 2
     assert not any(r["layer"] == 0 and r["position"] == "last" for r in rows)

@@ -40,7 +40,10 @@ def input_file(tmp_path) -> Path:
 # ---------------------------------------------------------------- write_manifest
 def test_write_manifest_directory(artifact_dir, input_file):
     manifest = store.write_manifest(
-        artifact_dir, "dataset", inputs={"src": input_file}, params={"b": 2, "a": (1, 2)},
+        artifact_dir,
+        "dataset",
+        inputs={"src": input_file},
+        params={"b": 2, "a": (1, 2)},
         seeds={"split": 7},
     )
     on_disk = json.loads((artifact_dir / "manifest.json").read_text())
@@ -200,7 +203,9 @@ def test_hook_name_round_trip(layer, site):
     assert store.parse_hook_name(name) == (layer, site)
 
 
-@pytest.mark.parametrize("bad", ["hook_embed", "blocks.x.hook_resid_pre", "layers.1.hook", "blocks.3"])
+@pytest.mark.parametrize(
+    "bad", ["hook_embed", "blocks.x.hook_resid_pre", "layers.1.hook", "blocks.3"]
+)
 def test_parse_hook_name_error(bad):
     with pytest.raises(ValueError) as err:
         store.parse_hook_name(bad)
@@ -214,10 +219,22 @@ def test_safe_name():
 # ---------------------------------------------------------------- samples
 def test_samples_round_trip(tmp_path):
     rows = [
-        {"sample_id": "p00001", "text": "Thanks — “really”", "label": "gratitude",
-         "split": "train", "frame_id": "", "span": [0, 6]},
-        {"sample_id": "f001.anger", "text": "I am angry.\nReally.", "label": "anger",
-         "split": "test", "frame_id": "f001", "span": [5, 10]},
+        {
+            "sample_id": "p00001",
+            "text": "Thanks — “really”",
+            "label": "gratitude",
+            "split": "train",
+            "frame_id": "",
+            "span": [0, 6],
+        },
+        {
+            "sample_id": "f001.anger",
+            "text": "I am angry.\nReally.",
+            "label": "anger",
+            "split": "test",
+            "frame_id": "f001",
+            "span": [5, 10],
+        },
     ]
     path = store.write_samples(tmp_path / "ds", rows)
     assert path == tmp_path / "ds" / "samples.jsonl"
@@ -260,7 +277,12 @@ def test_vectors_store_round_trip(tmp_path):
     store.write_dataset(path, ds)
     ds = store.open_dataset(path)
     assert dict(ds.sizes) == {
-        "hook": H, "position": P, "condition": C, "sample": S, "d_model": D, "condition_b": C
+        "hook": H,
+        "position": P,
+        "condition": C,
+        "sample": S,
+        "d_model": D,
+        "condition_b": C,
     }
     assert ds["direction"].dims == ("hook", "position", "condition", "d_model")
     assert ds["norm"].dims == ("hook", "position", "condition")
@@ -281,7 +303,8 @@ def test_vectors_store_round_trip(tmp_path):
     np.testing.assert_allclose(ds["direction"].values, unit.astype(np.float32))
     np.testing.assert_allclose(ds["norm"].values, norm.astype(np.float32))
     np.testing.assert_allclose(
-        ds["projection"].sel(hook="blocks.2.hook_resid_pre", position="mean", condition="anger")
+        ds["projection"]
+        .sel(hook="blocks.2.hook_resid_pre", position="mean", condition="anger")
         .values,
         projection[2, 2, 0].astype(np.float32),
     )

@@ -29,7 +29,9 @@ def planted():
 def test_mean_difference_equals_group_means(planted):
     acts, labels, train, _ = planted
     diff = vectors.mean_difference(acts, labels, "anger", "neutral", train)
-    expected = acts[train & (labels == "anger")].mean(0) - acts[train & (labels == "neutral")].mean(0)
+    expected = acts[train & (labels == "anger")].mean(0) - acts[train & (labels == "neutral")].mean(
+        0
+    )
     assert diff.shape == (N_POS, D_MODEL)
     assert diff.dtype == np.float64
     np.testing.assert_allclose(diff, expected, rtol=1e-12)
@@ -102,7 +104,9 @@ def test_difference_vectors(planted):
     diffs = vectors.difference_vectors(acts[:, 0], labels, "anger", "neutral", train)
     assert diffs.shape == ((train & (labels == "anger")).sum(), D_MODEL)
     base = acts[train & (labels == "neutral"), 0].mean(0)
-    np.testing.assert_allclose(diffs[0], acts[np.flatnonzero(train & (labels == "anger"))[0], 0] - base)
+    np.testing.assert_allclose(
+        diffs[0], acts[np.flatnonzero(train & (labels == "anger"))[0], 0] - base
+    )
     # their mean is the mean-difference vector
     np.testing.assert_allclose(
         diffs.mean(0), vectors.mean_difference(acts, labels, "anger", "neutral", train)[0]

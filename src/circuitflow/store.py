@@ -23,6 +23,8 @@ ACTIVATIONS = "results/activations/{dataset}/{model}.zarr"
 VECTORS = "results/vectors/{dataset}/{model}.zarr"
 SAE_DIR = "results/sae/{dataset}/{model}/{hook}/{architecture}"
 ALIGNMENT = "results/alignment/{dataset}/{model_a}__{model_b}.csv"
+PATCHING_DIR = "results/patching/{dataset}/{model}"
+STEERING_DIR = "results/steering/{dataset}/{model}"
 EFFECT_SIZES = "results/stats/effect_sizes.csv"
 LOGS = "logs/{rule}/{key}.log"
 

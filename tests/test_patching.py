@@ -1,0 +1,417 @@
+"""circuitflow.patching on tiny random models: exact patch identities, head decomposition,
+ablations, directional ablation and the per-sample tables."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from tiny_models import ARCHS
+
+from circuitflow import extract, models, patching
+
+LABELS = ["gratitude", "anger", "apology", "neutral"]
+TINY_WORDS = {  # single tokens of the tiny test tokenizer (others fall back to sub-tokens)
+    "gratitude": ["thank"],
+    "anger": ["angry", "furious"],
+    "apology": ["sorry"],
+    "neutral": ["the"],
+}
+
+
+@pytest.fixture(scope="module")
+def bridges(tiny_model_dirs):
+    return {arch: models.load_bridge(tiny_model_dirs[arch]) for arch in ARCHS}
+
+
+def _vocab_patcher(bridge, **kwargs):
+    return patching.Patcher(bridge, range(bridge.cfg.d_vocab), **kwargs)
+
+
+def _pair_ids(bridge, n_pre=4, n_phrase=3, n_suf=5, seed=0):
+    """Equal-length clean / corrupted ids differing only in a middle block."""
+    rng = np.random.default_rng(seed)
+    V = bridge.cfg.d_vocab
+    clean = np.r_[bridge.tokenizer.bos_token_id, rng.integers(3, V, n_pre + n_phrase + n_suf)]
+    corrupted = clean.copy()
+    corrupted[1 + n_pre : 1 + n_pre + n_phrase] = rng.integers(3, V, n_phrase)
+    return clean, corrupted, 1 + n_pre
+
+
+def _full_logits(bridge, ids):
+    with torch.no_grad():
+        return bridge(torch.as_tensor(ids)[None])[0, -1]
+
+
+# ---------------------------------------------------------------- config and metric
+def test_select_layers():
+    assert patching.select_layers("all", 4) == (0, 1, 2, 3)
+    assert patching.select_layers(4, 30) == (0, 10, 19, 29)
+    assert patching.select_layers(50, 3) == (0, 1, 2)
+    assert patching.select_layers([0.0, 0.5, 1.0], 18) == (0, 8, 17)
+    with pytest.raises(ValueError, match="patching.head_layers"):
+        patching.select_layers([1.5], 18, "head_layers")
+    with pytest.raises(ValueError, match="patching.split"):
+        patching.PatchConfig(split="dev")
+
+
+def _tokenizers(tiny_model_dirs):
+    from transformers import AutoTokenizer
+
+    out = {"tiny": (AutoTokenizer.from_pretrained(tiny_model_dirs["llama"]), TINY_WORDS)}
+    for name in ("smollm2-135m", "gemma3-270m"):
+        folder = REPO / "resources" / "models" / name
+        if (folder / "tokenizer_config.json").exists():
+            out[name] = (AutoTokenizer.from_pretrained(folder), patching.DEFAULT_METRIC_WORDS)
+    return out
+
+
+def test_metric_tokens_are_single_tokens(tiny_model_dirs):
+    for name, (tok, words) in _tokenizers(tiny_model_dirs).items():
+        metric = patching.metric_tokens(tok, words, LABELS, "neutral")
+        ids = metric.flat_ids()
+        assert len(ids) == len(set(ids)), name  # no token counts for two labels
+        for label in LABELS:
+            assert metric.ids[label], (name, label)
+            for i, text in zip(metric.ids[label], metric.tokens[label], strict=True):
+                assert tok.convert_tokens_to_ids(text) == i
+                if not metric.fallback[label]:
+                    # the decoded token encodes back to exactly this one token
+                    assert tok.encode(tok.decode([i]), add_special_tokens=False) == [i], name
+        if name != "tiny":
+            assert not any(metric.fallback.values()), name
+            assert len(metric.ids["gratitude"]) >= 3
+
+
+def test_metric_tokens_fallback_and_errors(tiny_model_dirs):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
+    metric = patching.metric_tokens(tok, patching.DEFAULT_METRIC_WORDS, LABELS, "neutral")
+    assert metric.fallback["anger"] or metric.ids["anger"]
+    with pytest.raises(patching.PatchingError, match="metric_words: no words for label 'anger'"):
+        patching.metric_tokens(tok, {"gratitude": ["thank"]}, LABELS, "neutral")
+
+
+def test_lean_and_recovery():
+    metric = patching.MetricTokens(
+        labels=("a", "n"),
+        baseline="n",
+        ids={"a": [0, 1], "n": [2]},
+        tokens={"a": ["x", "y"], "n": ["z"]},
+        fallback={"a": False, "n": False},
+        dropped_shared=[],
+    )
+    logits = torch.log(torch.tensor([[0.1, 0.3, 0.2]]))
+    np.testing.assert_allclose(patching.lean(logits, metric), [[np.log(0.4 / 0.2)]])
+    rec, small = patching.recovery([1.0, 2.0, 0.5], [2.0, 2.0, 0.6], [0.0, 0.0, 0.5], 0.5)
+    np.testing.assert_allclose(rec, [0.5, 1.0, 0.0])
+    assert small.tolist() == [False, False, True]
+
+
+# ---------------------------------------------------------------- exact patching identities
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_residual_patch_gives_clean_logits_at_every_layer(bridges, arch):
+    bridge = bridges[arch]
+    L = bridge.cfg.n_layers
+    clean, corrupted, n_pre = _pair_ids(bridge)
+    ref_clean, ref_corr = _full_logits(bridge, clean), _full_logits(bridge, corrupted)
+    patcher = _vocab_patcher(bridge, resid_layers=range(L))
+    T = len(clean)
+    with torch.no_grad(), patcher.attached():
+        acts, logits = patching.record_activations(patcher, [_tok(clean), _tok(corrupted)], 0)
+        torch.testing.assert_close(torch.as_tensor(logits[0]), ref_clean, atol=1e-4, rtol=1e-4)
+        # patching nothing: the corrupted output, recovery 0
+        nothing = patcher.forward(torch.as_tensor(corrupted)[None])[0]
+        torch.testing.assert_close(nothing, ref_corr, atol=1e-4, rtol=1e-4)
+        for start in (0, n_pre):  # from scratch, and from the cached identical prefix
+            cache = patcher.prefix_cache(corrupted, start)
+            for layer in range(L):
+                pos = np.arange(start, T)
+                plan = {
+                    ("resid", layer): (
+                        torch.zeros(len(pos), dtype=torch.long),
+                        torch.as_tensor(pos),
+                        acts[0][("resid", layer)][pos],
+                    )
+                }
+                out = patcher.forward(
+                    torch.as_tensor(corrupted[start:])[None],
+                    cache=patcher.expand(cache, 1),
+                    offset=start,
+                    plan=plan,
+                )[0]
+                torch.testing.assert_close(out, ref_clean, atol=1e-4, rtol=1e-4)
+    # the same identities in lean units: recovery 1 for the full patch, 0 for none
+    words_metric = _metric(bridge)
+    ids = words_metric.flat_ids()
+    lean = patching.lean(
+        torch.stack([ref_clean[ids], ref_corr[ids], nothing[ids], out[ids]]), words_metric
+    )
+    rec, _ = patching.recovery(lean[2:], lean[0], lean[1])
+    np.testing.assert_allclose(rec[0], 0.0, atol=1e-4)
+    np.testing.assert_allclose(rec[1], 1.0, atol=1e-3)
+
+
+def _tok(ids):
+    return extract.Tokenized(np.asarray(ids), np.array([1]), 1)
+
+
+def _metric(bridge):
+    return patching.metric_tokens(bridge.tokenizer, TINY_WORDS, LABELS, "neutral")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_frame_pairs_phrase_block_at_layer0_is_exact(bridges, tiny_rows, arch):
+    bridge = bridges[arch]
+    metric = _metric(bridge)
+    toks = dict(
+        zip(
+            [r["sample_id"] for r in tiny_rows],
+            extract.tokenize(bridge.tokenizer, tiny_rows, True),
+            strict=True,
+        )
+    )
+    frames = patching.choose_frames(tiny_rows, "all", 10, LABELS, 0)
+    pairs, excluded = patching.frame_pairs(tiny_rows, toks, frames, LABELS[:3], "neutral")
+    assert pairs and not excluded
+    patcher = patching.Patcher(bridge, metric.flat_ids(), resid_layers=[0, 2])
+    ids = sorted({p.clean_id for p in pairs} | {p.corrupted_id for p in pairs})
+    with torch.no_grad(), patcher.attached():
+        acts, logits = patching.record_activations(patcher, [toks[i] for i in ids], 0)
+        leans = dict(zip(ids, patching.lean(logits, metric), strict=True))
+        table = patching.patch_residual(
+            patcher,
+            pairs,
+            dict(zip(ids, acts, strict=True)),
+            leans,
+            metric,
+            [0, 2],
+            batch_size=7,
+            tokenizer=bridge.tokenizer,
+        )
+    n_sites = sum(len(patching.pair_sites(p, d)[0]) for p in pairs for d in patching.DIRECTIONS)
+    assert len(table) == 2 * n_sites
+    assert set(table["position"]) >= {"last", "post_phrase"}
+    assert (table["role"] == "suffix").sum() == 2 * 2 * sum(p.n_suffix for p in pairs)
+    # the phrase (as a block, or its only token) patched at the embeddings: all that differs
+    equal = [p for p in pairs if p.phrase_equal]
+    assert equal, "tests/data should hold a frame whose phrases tokenize to equal lengths"
+    for p in equal:
+        whole = "phrase_block" if len(p.clean.span) > 1 else "phrase_last"
+        rows = table[
+            (table.sample_id == p.clean_id) & (table.layer == 0) & (table.position == whole)
+        ]
+        by_dir = dict(zip(rows.direction, rows.lean_patched, strict=True))
+        np.testing.assert_allclose(by_dir["clean_to_corrupted"], rows.lean_clean.iloc[0], atol=1e-5)
+        np.testing.assert_allclose(
+            by_dir["corrupted_to_clean"], rows.lean_corrupted.iloc[0], atol=1e-5
+        )
+    # suffix tokens are the same token ids in both versions: patching them at layer 0 is a no-op
+    at0 = table[
+        (table.layer == 0) & (table.role == "suffix") & (table.direction == "clean_to_corrupted")
+    ]
+    np.testing.assert_allclose(at0.lean_patched, at0.lean_corrupted, atol=1e-5)
+
+
+# ---------------------------------------------------------------- heads
+def _b_O(bridge, layer):
+    b = getattr(bridge.blocks[layer].attn, "b_O", None)
+    return 0.0 if b is None else b.detach()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_patched_head_outputs_sum_to_attention_output(bridges, arch):
+    bridge = bridges[arch]
+    layer, H = 1, bridge.cfg.n_heads
+    clean, corrupted, _ = _pair_ids(bridge, seed=1)
+    seen = {}
+    extra = [
+        (
+            f"blocks.{layer}.attn.hook_out",
+            lambda x, hook: seen.__setitem__("out", x.detach().clone()),
+        )
+    ]
+    patcher = _vocab_patcher(bridge, head_layers=[layer], extra_hooks=extra)
+    T = len(clean)
+    with torch.no_grad(), patcher.attached():
+        acts, _ = patching.record_activations(patcher, [_tok(clean)], 0)
+        pos = np.arange(T)
+        plan = {
+            ("z", layer): (
+                torch.zeros(T, dtype=torch.long),
+                torch.as_tensor(pos),
+                torch.full((T,), 2),
+                acts[0][("z", layer)][:, 2],
+            )
+        }
+        patcher.forward(torch.as_tensor(corrupted)[None], plan=plan, record={("z", layer)})
+    z = patcher.recorded[("z", layer)][0]  # [T, H, d_head] after the patch
+    torch.testing.assert_close(z[:, 2], acts[0][("z", layer)][:, 2])
+    W_O = bridge.W_O[layer].detach()  # [H, d_head, d_model]
+    per_head = torch.einsum("thd,hdm->thm", z, W_O)
+    torch.testing.assert_close(
+        per_head.sum(1) + _b_O(bridge, layer), seen["out"][0], atol=1e-4, rtol=1e-4
+    )
+    assert per_head.shape[1] == H
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_zero_ablating_all_heads_equals_zero_attention_output(bridges, arch):
+    bridge = bridges[arch]
+    layer, H = 1, bridge.cfg.n_heads
+    ids, _, _ = _pair_ids(bridge, seed=2)
+    T = len(ids)
+    patcher = _vocab_patcher(bridge, head_layers=[layer])
+    with torch.no_grad(), patcher.attached():
+        acts, _ = patching.record_activations(patcher, [_tok(ids)], 0)
+        dh = acts[0][("z", layer)].shape[-1]
+        plan = {
+            ("z", layer): (
+                torch.zeros(T * H, dtype=torch.long),
+                torch.as_tensor(np.repeat(np.arange(T), H)),
+                torch.as_tensor(np.tile(np.arange(H), T)),
+                torch.zeros(T * H, dh),
+            )
+        }
+        ablated = patcher.forward(torch.as_tensor(ids)[None], plan=plan)[0]
+    bias = _b_O(bridge, layer)
+    # the attention block's output (after Gemma's post-attention norm: norm(0) = 0) set to b_O
+    hook = (f"blocks.{layer}.hook_attn_out", lambda x, hook: torch.zeros_like(x) + bias)
+    with torch.no_grad(), bridge.hooks(fwd_hooks=[hook]):
+        ref = bridge(torch.as_tensor(ids)[None])[0, -1]
+    torch.testing.assert_close(ablated, ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ablated, _full_logits(bridge, ids), atol=1e-3)
+
+
+# ---------------------------------------------------------------- directional ablation
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_projection_removes_the_direction_exactly(bridges, arch):
+    bridge = bridges[arch]
+    layer, d = 1, bridge.cfg.d_model
+    ids, _, _ = _pair_ids(bridge, seed=3)
+    T = len(ids)
+    rng = np.random.default_rng(0)
+    basis = patching.orthonormal_rows(rng.normal(size=(2, d)), 2)
+    mask = (np.arange(T) % 2 == 0).astype(float)
+    patcher = _vocab_patcher(bridge, resid_layers=[layer])
+    with torch.no_grad(), patcher.attached():
+        patcher.forward(torch.as_tensor(ids)[None], record={("resid", layer)})
+        before = patcher.recorded[("resid", layer)][0].double().numpy()
+        plan = {
+            ("project", layer): (
+                torch.as_tensor(basis[None], dtype=torch.float32),
+                torch.as_tensor(mask[None], dtype=torch.float32),
+            )
+        }
+        patcher.forward(torch.as_tensor(ids)[None], plan=plan, record={("resid", layer)})
+        after = patcher.recorded[("resid", layer)][0].double().numpy()
+    proj = after @ basis.T
+    scale = np.abs(before @ basis.T).max()
+    assert np.abs(proj[mask == 1]).max() < 1e-5 * max(scale, 1.0)
+    np.testing.assert_allclose(after[mask == 0], before[mask == 0], atol=1e-6)
+    # only the component along the basis changed
+    np.testing.assert_allclose(
+        after[mask == 1], before[mask == 1] - (before[mask == 1] @ basis.T) @ basis, atol=1e-5
+    )
+
+
+def test_random_ablation_keeps_planted_direction():
+    rng = np.random.default_rng(12345)  # not a seed of the random bases below
+    d, n = 64, 400
+    u = rng.normal(size=d)
+    u /= np.linalg.norm(u)
+    y = np.r_[np.zeros(n // 2), np.ones(n // 2)].astype(int)
+    X = rng.normal(size=(n, d)) + np.outer(2 * y - 1, u) * 2.0
+    train = np.arange(n) % 2 == 0
+    probe = patching.Probe.fit(X[train], y[train])
+
+    def acc(basis):
+        x = torch.as_tensor(X[~train][None], dtype=torch.float64)
+        b = torch.as_tensor(basis[None], dtype=torch.float64)
+        xa = patching.project_out(x, b, torch.ones(1, x.shape[1], dtype=torch.float64))[0]
+        return ((probe.prob(xa.numpy()) >= 0.5) == y[~train]).mean()
+
+    base = acc(np.zeros((1, d)))
+    planted = acc(patching.orthonormal_rows(u[None], 1))
+    randoms = [acc(patching.random_bases(1, 3, d, seed)[0]) for seed in range(5)]  # seeds 0..4
+    assert base > 0.95
+    assert min(randoms) > 0.9  # random 3-dim ablations leave the planted direction
+    assert planted < 0.65  # the planted direction itself takes the classification away
+
+
+def test_position_masks(tiny_rows, bridges):
+    tok = bridges["llama"].tokenizer
+    row = next(r for r in tiny_rows if r["label"] == "anger")
+    t = extract.tokenize(tok, [row], True)[0]
+    full = patching.position_mask(tok, t, "all")
+    non = patching.position_mask(tok, t, "non_emotion")
+    punct = patching.position_mask(tok, t, "punctuation")
+    assert full[0] == 0 and full.sum() == len(t.ids) - 1  # BOS is never ablated
+    assert non[t.span].sum() == 0 and non.sum() == len(t.ids) - 1 - len(t.span)
+    assert punct[-1] == 1 and punct.sum() <= non.sum()  # the sentence ends with "."
+
+
+# ---------------------------------------------------------------- end to end
+def test_run_patching_tables(bridges, tiny_rows):
+    bridge = bridges["llama"]
+    L, d = bridge.cfg.n_layers, bridge.cfg.d_model
+    rng = np.random.default_rng(0)
+    conds = LABELS[:3]
+    directions = {c: {layer: rng.normal(size=d) for layer in range(L)} for c in conds}
+    subspaces = {c: {layer: rng.normal(size=(4, d)) for layer in range(L)} for c in conds}
+    probe_data = {
+        c: (rng.normal(size=(20, d)), np.r_[np.zeros(10), np.ones(10)].astype(int)) for c in conds
+    }
+    cfg = patching.PatchConfig(
+        n_frames=3,
+        split="all",
+        residual_layers=2,
+        head_layers=[1.0],
+        head_frames=2,
+        ablation_samples=2,
+        random_seeds=1,
+        subspace_k=2,
+        mean_samples=4,
+        metric_words=TINY_WORDS,
+    )
+    out = patching.run_patching(
+        bridge,
+        tiny_rows,
+        cfg,
+        LABELS,
+        "neutral",
+        directions,
+        subspaces,
+        probe_data,
+        model_name="tiny",
+        progress=False,
+    )
+    info = out["info"]
+    assert info["n_pairs"] == 9 and info["residual_layers"] == [0, 2] and info["head_layers"] == [2]
+    res, heads, ranking, abl = (
+        out["residual"],
+        out["heads"],
+        out["heads_ranking"],
+        out["directional_ablation"],
+    )
+    assert set(res["direction"]) == set(patching.DIRECTIONS)
+    assert np.isfinite(res[["lean_clean", "lean_corrupted", "lean_patched"]].to_numpy()).all()
+    assert len(heads) == info["n_head_pairs"] * bridge.cfg.n_heads
+    assert {"recovery", "zero_effect", "mean_effect", "small_denominator"} <= set(heads.columns)
+    assert np.isfinite(heads[["lean_zero", "lean_mean", "lean_patched"]].to_numpy()).all()
+    # every ablation row carries its unablated baseline; "none" rows are the baseline itself
+    none = abl[abl.ablation == "none"]
+    assert (none.delta_lean == 0).all() and (none.probe_p == none.probe_p_base).all()
+    n_members = {
+        c: sum(r["label"] in (c, "neutral") for r in out["base_features"][0]) for c in conds
+    }
+    n_abl = 2 + 2 * cfg.random_seeds
+    assert len(abl) == sum(n * (1 + n_abl * len(cfg.position_sets)) for n in n_members.values())
+    assert set(abl.positions) == {"none", "all", "non_emotion"}
+    np.testing.assert_array_equal(
+        abl[abl.positions == "all"].groupby("sample_id").n_ablated_positions.min() > 0, True
+    )
+    summary = patching.summarize(res, heads, ranking, abl)
+    assert "ablation" in summary
+    lost = patching.accuracy_lost(abl)
+    assert set(lost.ablation) == {"direction", "subspace", "random_direction", "random_subspace"}

@@ -1,0 +1,466 @@
+"""circuitflow.sae: dictionary recovery, SAELens round trip, determinism, CE-loss recovered."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from circuitflow import extract, models, sae
+
+D_IN = 32
+N_ATOMS = 48
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one thread is faster and immune to OpenMP stalls on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """x = codes @ atoms + offset: 48 unit-norm atoms in 32 dims, 3 active per token with
+    nonnegative magnitudes in [1, 3]; returns (x float32 [n, 32], atoms [48, 32])."""
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(N_ATOMS, D_IN))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    n = 12000
+    codes = np.zeros((n, N_ATOMS))
+    active = np.argsort(rng.random((n, N_ATOMS)), axis=1)[:, :3]
+    np.put_along_axis(codes, active, rng.uniform(1, 3, size=(n, 3)), axis=1)
+    offset = rng.normal(size=D_IN)
+    x = codes @ atoms + offset + 0.01 * rng.normal(size=(n, D_IN))
+    return x.astype(np.float32), atoms
+
+
+def _cfg(architecture, **kw):
+    settings = dict(
+        d_in=D_IN,
+        architecture=architecture,
+        expansion_factor=4,
+        k=3,
+        l1_coefficient=1.0,
+        lr=3e-3,
+        batch_size=256,
+        n_epochs=8,
+        seed=0,
+    )
+    settings.update(kw)
+    return sae.SAETrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    x, _ = synthetic
+    return {arch: sae.train_sae(x, _cfg(arch)) for arch in sae.ARCHITECTURES}
+
+
+def _recovered(W_dec: torch.Tensor, atoms: np.ndarray) -> float:
+    cos = atoms @ W_dec.numpy().T  # rows of both are unit norm
+    return float((cos.max(axis=1) > 0.9).mean())
+
+
+def test_topk_recovers_dictionary(trained, synthetic):
+    x, atoms = synthetic
+    model = trained["topk"]
+    np.testing.assert_allclose(model.W_dec.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    assert _recovered(model.W_dec, atoms) >= 0.8
+    metrics = sae.reconstruction_metrics(model, x[:2000])
+    assert metrics.l0 <= 3.0 + 1e-9
+    assert metrics.explained_variance > 0.9
+
+
+def test_standard_explains_variance(trained, synthetic):
+    x, atoms = synthetic
+    model = trained["standard"]
+    metrics = sae.reconstruction_metrics(model, x[:2000])
+    assert metrics.explained_variance > 0.85, metrics
+    assert 1 < metrics.l0 < 40
+    assert _recovered(model.W_dec, atoms) >= 0.5
+
+
+@pytest.mark.parametrize("architecture", sae.ARCHITECTURES)
+def test_hand_written_gradients_equal_autograd(architecture):
+    gen = torch.Generator().manual_seed(0)
+    B, d, m, k, l1 = 64, 12, 40, 5, 0.7
+    x = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    params = [
+        torch.randn(m, d, generator=gen, dtype=torch.float64) / 3,  # W_encT
+        torch.randn(m, generator=gen, dtype=torch.float64) / 3,  # b_enc
+        torch.randn(m, d, generator=gen, dtype=torch.float64),  # W_dec
+        torch.randn(d, generator=gen, dtype=torch.float64),  # b_dec
+    ]
+    if architecture == "standard":
+        loss, _, grads = sae._grads_standard(x, *params, l1)
+    else:
+        loss, _, grads = sae._grads_topk(x, *params, k)
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    W_encT, b_enc, W_dec, b_dec = leaves
+    pre = (x - b_dec) @ W_encT.T + b_enc
+    if architecture == "standard":
+        f = pre.relu()
+    else:
+        vals, idx = pre.topk(k, dim=1)
+        f = torch.zeros_like(pre).scatter(1, idx, vals.relu())
+    x_hat = f @ W_dec + b_dec
+    ref = (x_hat - x).pow(2).sum(1).mean()
+    if architecture == "standard":
+        ref = ref + l1 * f.sum(1).mean()
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    for got, leaf in zip(grads, leaves, strict=True):
+        torch.testing.assert_close(got, leaf.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_metrics_definitions(trained, synthetic):
+    x, _ = synthetic
+    model = trained["topk"]
+    xt = torch.as_tensor(x[:500])
+    f = model.encode(xt)
+    x_hat = model.decode(f)
+    m = sae.reconstruction_metrics(model, x[:500], chunk=128)
+    xd, hd = xt.double(), x_hat.double()
+    ev = 1 - (xd - hd).pow(2).sum() / (xd - xd.mean(0)).pow(2).sum()
+    assert m.explained_variance == pytest.approx(float(ev), rel=1e-6)
+    assert m.mse == pytest.approx(float((xd - hd).pow(2).mean()), rel=1e-6)
+    assert m.l0 == pytest.approx(float((f > 0).sum(1).double().mean()))
+    assert m.n_dead == int(((f > 0).sum(0) == 0).sum())
+    assert m.dead_fraction == m.n_dead / model.cfg.d_sae
+
+
+@pytest.mark.parametrize("architecture", sae.ARCHITECTURES)
+def test_sae_lens_loads_ours(architecture, trained, synthetic, tmp_path):
+    from sae_lens import SAE
+
+    x, _ = synthetic
+    model = trained[architecture]
+    sae.save_sae(model, tmp_path, metadata={"hook_name": "blocks.1.hook_resid_post"})
+    cfg = json.loads((tmp_path / sae.CFG_FILE).read_text())
+    assert cfg["architecture"] == architecture
+    assert (cfg["d_in"], cfg["d_sae"]) == (D_IN, 4 * D_IN)
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert (architecture == "topk") == ("k" in cfg)
+    loaded = SAE.load_from_disk(tmp_path)
+    assert loaded.cfg.architecture() == architecture
+    assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    xt = torch.as_tensor(x[:1000])
+    with torch.no_grad():
+        theirs = loaded.encode(xt)
+        np.testing.assert_allclose(theirs.numpy(), model.encode(xt).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            loaded.decode(theirs).numpy(), model.reconstruct(xt).numpy(), rtol=1e-5, atol=1e-4
+        )
+    back = sae.load_sae(tmp_path)
+    torch.testing.assert_close(back.encode(xt), model.encode(xt))
+
+
+def test_same_seed_same_bytes(synthetic, tmp_path):
+    x, _ = synthetic
+    for architecture in sae.ARCHITECTURES:
+        cfg = _cfg(architecture, n_epochs=2)
+        digests = []
+        for run in range(2):
+            out = tmp_path / f"{architecture}{run}"
+            sae.save_sae(sae.train_sae(x, cfg), out, metadata={})
+            digests.append(
+                ((out / sae.WEIGHTS_FILE).read_bytes(), (out / sae.CFG_FILE).read_text())
+            )
+        assert digests[0] == digests[1], architecture
+        other = sae.train_sae(x, _cfg(architecture, n_epochs=2, seed=1))
+        assert not torch.equal(other.W_dec, sae.load_sae(tmp_path / f"{architecture}0").W_dec)
+
+
+def test_batches_mix_samples():
+    """Rows sorted by sample (as the store holds them): every batch draws from many samples,
+    each epoch uses every row once, training_tokens overrides n_epochs."""
+    sample_of_row = np.repeat(np.arange(100), 20)  # 100 samples x 20 tokens, in order
+    cfg = sae.SAETrainConfig(d_in=4, architecture="standard", batch_size=300, n_epochs=3, seed=5)
+    batches = list(sae.batch_indices(len(sample_of_row), cfg))
+    assert len(batches) == cfg.n_steps(2000) == 20  # ceil(3 * 2000 / 300)
+    assert all(len(b) == 300 for b in batches)  # full batches across epoch boundaries
+    for b in batches:
+        assert len(np.unique(sample_of_row[b.numpy()])) > 70  # sequence order would give 15
+    stream = np.concatenate([b.numpy() for b in batches])
+    for epoch in range(3):
+        np.testing.assert_array_equal(
+            np.sort(stream[epoch * 2000 : (epoch + 1) * 2000]), np.arange(2000)
+        )
+    again = list(sae.batch_indices(2000, cfg))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    tokens = sae.SAETrainConfig(d_in=4, architecture="standard", batch_size=4, training_tokens=10)
+    assert tokens.n_steps(1000) == 3
+
+
+# ---------------------------------------------------------------- config errors
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"architecture": "gated"},
+            "sae.architecture: 'gated' is invalid; expected one of standard, topk",
+        ),
+        (
+            {"architecture": "topk", "k": 0},
+            "sae.k: 0 is invalid; expected an integer in 1..d_sae=32 (expansion_factor * d_in)",
+        ),
+        (
+            {"architecture": "topk", "k": 33},
+            "sae.k: 33 is invalid; expected an integer in 1..d_sae=32 (expansion_factor * d_in)",
+        ),
+        ({"batch_size": 0}, "sae.batch_size: 0 is invalid; expected an integer >= 1"),
+        ({"n_epochs": 1.5}, "sae.n_epochs: 1.5 is invalid; expected an integer >= 1"),
+        (
+            {"training_tokens": -5},
+            "sae.training_tokens: -5 is invalid; expected an integer >= 1 or null",
+        ),
+        ({"lr": 0}, "sae.lr: 0 is invalid; expected a number > 0"),
+        (
+            {"l1_coefficient": -1.0},
+            "sae.l1_coefficient: -1.0 is invalid; expected a finite number >= 0",
+        ),
+        (
+            {"normalize_activations": "layer_norm"},
+            "sae.normalize_activations: 'layer_norm' is invalid; expected one of none, "
+            "expected_average_only_in, expected_average_centered",
+        ),
+        (
+            {"b_dec_init": "median"},
+            "sae.b_dec_init: 'median' is invalid; expected one of geometric_median, mean, zeros",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        sae.SAETrainConfig(d_in=8, **kwargs)
+
+
+def test_config_from_section_drops_workflow_keys():
+    section = {"architectures": ["topk"], "ce_loss_prompts": 8, "k": 4, "lr": 1e-3}
+    cfg = sae.SAETrainConfig.from_config(section, d_in=16, architecture="topk", seed=3)
+    assert (cfg.d_sae, cfg.k, cfg.lr, cfg.seed) == (64, 4, 1e-3, 3)
+    with pytest.raises(TypeError):
+        sae.SAETrainConfig.from_config({"bogus": 1}, d_in=16, architecture="topk", seed=0)
+
+
+def test_training_input_errors():
+    cfg = sae.SAETrainConfig(d_in=4, k=2)
+    with pytest.raises(ValueError, match=r"shape \(3, 5\); expected \[n, 4\]"):
+        sae.train_sae(np.zeros((3, 5), np.float32), cfg)
+    bad = np.zeros((3, 4), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sae.train_sae(bad, cfg)
+
+
+# ---------------------------------------------------------------- CE-loss recovered
+def _identity_sae(d: int) -> sae.SAE:
+    """A real ReLU SAE that reconstructs exactly: f = [relu(x), relu(-x)], x_hat = f+ - f-."""
+    eye = torch.eye(d)
+    cfg = sae.SAETrainConfig(d_in=d, architecture="standard", expansion_factor=2)
+    return sae.SAE(
+        W_enc=torch.cat([eye, -eye], dim=1),
+        b_enc=torch.zeros(2 * d),
+        W_dec=torch.cat([eye, -eye], dim=0),
+        b_dec=torch.zeros(d),
+        cfg=cfg,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_model_dirs, tiny_rows):
+    bridge = models.load_bridge(tiny_model_dirs["llama"])
+    toks = extract.tokenize(bridge.tokenizer, tiny_rows[:12], prepend_bos=True)
+    return bridge, [t.ids for t in toks]
+
+
+def test_ce_loss_recovered_identity_and_zero(tiny_llama):
+    bridge, ids = tiny_llama
+    d = bridge.cfg.d_model
+    identity = _identity_sae(d)
+    x = torch.randn(50, d)
+    torch.testing.assert_close(identity.reconstruct(x), x)
+    hook = "blocks.1.hook_resid_post"
+    perfect = sae.ce_loss_recovered(bridge, ids, hook, identity.reconstruct, batch_size=5)
+    # a random model predicts badly either way, but the ablation changes its loss
+    assert abs(perfect.ce_loss_zero - perfect.ce_loss_clean) > 1e-3
+    assert perfect.ce_loss_sae == pytest.approx(perfect.ce_loss_clean, abs=1e-6)
+    assert perfect.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
+    assert perfect.n_prompts == len(ids)
+    assert perfect.n_predictions == sum(len(t) - 1 for t in ids)
+
+    zero = sae.SAE(
+        W_enc=identity.W_enc,
+        b_enc=identity.b_enc,
+        W_dec=torch.zeros_like(identity.W_dec),
+        b_dec=torch.zeros(d),
+        cfg=identity.cfg,
+    )
+    dead = sae.ce_loss_recovered(bridge, ids, hook, zero.reconstruct, batch_size=7)
+    assert dead.ce_loss_recovered == pytest.approx(0.0, abs=1e-4)
+    assert dead.ce_loss_clean == pytest.approx(perfect.ce_loss_clean, rel=1e-5)  # batching-free
+
+
+def test_ce_loss_clean_matches_hf(tiny_llama, tiny_model_dirs):
+    """The clean loss is the model's own next-token loss (no padding leaks into it)."""
+    from transformers import AutoModelForCausalLM
+
+    bridge, ids = tiny_llama
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"], dtype=torch.float32)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for t in ids:
+            out = hf(torch.as_tensor(t)[None], labels=torch.as_tensor(t)[None])
+            total += float(out.loss) * (len(t) - 1)
+            count += len(t) - 1
+    res = sae.ce_loss_recovered(bridge, ids, "blocks.0.hook_resid_post", lambda x: x, batch_size=4)
+    assert res.ce_loss_clean == pytest.approx(total / count, rel=1e-4)
+
+
+def test_bos_position_is_left_alone(tiny_llama):
+    """Replacing only positions >= first: with first past every prompt the SAE is never used."""
+    bridge, ids = tiny_llama
+    calls = []
+
+    def spy(x):
+        calls.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    res = sae.ce_loss_recovered(bridge, ids[:3], "blocks.1.hook_resid_post", spy, first=1)
+    assert res.ce_loss_sae == pytest.approx(res.ce_loss_zero)
+    B = len(ids[:3])
+    P = max(len(t) for t in ids[:3])
+    assert sum(calls) == B * (P - 1)  # every position but BOS of the padded batch
+
+
+# ---------------------------------------------------------------- feature table
+def test_auroc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random((60, 5)), 1)  # ties
+    scores[:, 4] = 0.0  # a feature that never fires: 0.5
+    positive = rng.random(60) < 0.4
+    got = sae.auroc(scores, positive)
+    want = [roc_auc_score(positive, scores[:, j]) for j in range(5)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_feature_table():
+    # 4 samples (2 neutral, 2 anger), 2 features; feature 1 fires only on anger tokens
+    samples = [
+        {"sample_id": f"s{i}", "label": lab, "text": f"text {i}"}
+        for i, lab in enumerate(["neutral", "anger", "neutral", "anger"])
+    ]
+    sample_index = np.array([0, 0, 1, 1, 1, 2, 3])
+    token_ids = np.array([10, 11, 12, 13, 14, 15, 16])
+    f = torch.tensor([[1.0, 0], [2.0, 0], [0.5, 3.0], [0.0, 5.0], [0.0, 0], [1.5, 0], [0.0, 4.0]])
+    table = sae.feature_table(
+        f, sample_index, token_ids, samples, ["anger", "neutral"], "neutral", decode=str
+    )
+    assert list(table.columns[:7]) == [
+        "feature",
+        "label",
+        "n_samples",
+        "mean_max_activation",
+        "auroc_vs_baseline",
+        "sample_fire_rate",
+        "fire_rate",
+    ]
+    assert len(table) == 4  # feature x label
+    row = table[(table.feature == 1) & (table.label == "anger")].iloc[0]
+    assert row.mean_max_activation == pytest.approx(4.5)
+    assert row.auroc_vs_baseline == pytest.approx(1.0)
+    assert row.fire_rate == pytest.approx(3 / 7)
+    assert (row.top1_sample_id, row.top1_token, row.top1_activation) == ("s1", "13", 5.0)
+    assert (row.top2_sample_id, row.top2_token) == ("s3", "16")
+    assert row.top3_sample_id == "" or np.isnan(row.top3_activation)
+    f0 = table[(table.feature == 0) & (table.label == "anger")].iloc[0]
+    assert f0.auroc_vs_baseline == pytest.approx(0.0)  # anger max 0.5, 0 < neutral 2, 1.5
+    assert f0.top1_sample_id == "s0" and f0.top1_token == "11"
+    assert np.isnan(table[table.label == "neutral"].auroc_vs_baseline).all()
+
+
+def test_per_sample_max():
+    f = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 0.5]])
+    got = sae.per_sample_max(f, np.array([1, 1, 0]), 3)
+    torch.testing.assert_close(got, torch.tensor([[0.0, 0.5], [3.0, 2.0], [0.0, 0.0]]))
+
+
+# ---------------------------------------------------------------- the rule, end to end
+@pytest.mark.slow
+def test_train_sae_rule_on_a_tiny_model(tmp_path, tiny_model_dirs):
+    """snakemake on results/sae/...: SAELens loads the output, files and manifest agree, a
+    hook without per-token activations fails in one line and leaves nothing behind."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import yaml
+    from conftest import REPO, TESTS
+    from sae_lens import SAE
+
+    from circuitflow import store
+
+    config = {
+        "seed": 0,
+        "datasets": {
+            "tiny": {
+                "prompts": str(TESTS / "data" / "prompts.jsonl"),
+                "frames": str(TESTS / "data" / "frames.jsonl"),
+                "labels": ["gratitude", "anger", "apology", "neutral"],
+                "baseline": "neutral",
+                "test_fraction": 0.5,
+            }
+        },
+        "models": {"tiny": {"source": str(tiny_model_dirs["llama"]), "per_token_layers": [1]}},
+        "extract": {"layers": [1]},
+        "sae": {
+            "expansion_factor": 2,
+            "k": 4,
+            "n_epochs": 3,
+            "batch_size": 128,
+            "ce_loss_prompts": 10,
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def run(*targets):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d"]
+        cmd += [str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        return subprocess.run([*cmd, *targets], env=env, capture_output=True, text=True)
+
+    out = tmp_path / "results/sae/tiny/tiny/blocks.1.hook_resid_post/topk"
+    proc = run(str(out.relative_to(tmp_path)))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir() if p.name not in store.NOT_CONTENT) == sorted(
+        [sae.WEIGHTS_FILE, sae.CFG_FILE, sae.METRICS_FILE, sae.FEATURES_FILE]
+    )
+    assert store.verify(out) == []
+    manifest = store.read_manifest(out)
+    assert manifest["kind"] == "sae"
+    assert manifest["params"]["hook"] == "blocks.1.hook_resid_post"
+    loaded = SAE.load_from_disk(out)
+    assert loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    assert loaded.cfg.metadata.model_name == "tiny"
+    assert (loaded.cfg.d_in, loaded.cfg.d_sae, loaded.cfg.k) == (64, 128, 4)
+    metrics = json.loads((out / sae.METRICS_FILE).read_text())
+    assert metrics["held_out"]["l0"] <= 4
+    assert metrics["ce_loss"]["n_prompts"] == 10
+    table = pd.read_csv(out / sae.FEATURES_FILE, keep_default_na=False)
+    assert len(table) == 128 * 4
+    assert set(table.label) == {"gratitude", "anger", "apology", "neutral"}
+
+    missing = "results/sae/tiny/tiny/blocks.0.hook_resid_post/standard"
+    proc = run(missing)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("circuitflow [")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]
+    assert "no per-token activations for blocks.0.hook_resid_post" in lines[0]
+    assert "models.<model>.per_token_layers" in lines[0]
+    assert not (tmp_path / missing).exists()

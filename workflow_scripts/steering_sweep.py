@@ -1,0 +1,62 @@
+"""steer_sweep: model + vectors + activations -> results/steering/{dataset}/{model}/samples.csv.
+
+One batched greedy generation per group of (prompt, configuration) rows: unsteered baseline,
+layer x alpha x direction (emotion directions, PCA components, seeded random controls), then
+every evaluator's per-sample scores.
+"""
+
+import json
+from pathlib import Path
+
+from circuitflow import models, steering, store
+from circuitflow.workflow import run_logged
+
+SAMPLES = "samples.csv"
+
+
+def main(smk):
+    p = smk.params
+    params = steering.SteeringParams.from_config(p.steering)
+    rows = store.read_samples(smk.input.dataset)
+    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
+    table, summary = steering.sweep_table(
+        bridge,
+        rows,
+        params,
+        dataset=p.dataset,
+        model=p.model,
+        labels=p.labels,
+        baseline=p.baseline,
+        vectors_path=smk.input.vectors,
+        activations_path=smk.input.activations,
+        prepend_bos=p.prepend_bos,
+        base_seed=p.seed,
+        device=p.device,
+    )
+    out = Path(smk.output[0])
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / SAMPLES, index=False, float_format="%.6g")
+    print(json.dumps(summary))
+    store.write_manifest(
+        out,
+        kind="steering",
+        inputs={
+            "dataset": smk.input.dataset,
+            "model": smk.input.model,
+            "activations": smk.input.activations,
+            "vectors": smk.input.vectors,
+        },
+        params={
+            "dataset": p.dataset,
+            "model": p.model,
+            "dtype": p.dtype,
+            "prepend_bos": p.prepend_bos,
+            "baseline": p.baseline,
+            "steering": dict(p.steering),
+        },
+        seeds={"random_directions": list(params.random_seeds), "base": p.seed},
+        extra={"summary": summary},
+    )
+
+
+run_logged(snakemake, main)  # noqa: F821

@@ -272,12 +272,6 @@ def test_build_prompt_dataset_ids_and_spans(tmp_path):
     assert len({r["sample_id"] for r in rows}) == 32
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="a label with one free prompt (plus frames) passes the >=2 check, then sklearn's "
-    "stratified split raises a bare ValueError instead of a DatasetError",
-)
 def test_one_free_prompt_of_a_label_is_a_dataset_error(tmp_path):
     prompts = write_jsonl(
         tmp_path / "prompts.jsonl",

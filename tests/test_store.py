@@ -324,11 +324,6 @@ def test_vectors_store_round_trip(tmp_path):
     assert store.open_dataset(path).sizes["sample"] == S
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotADirectoryError,
-    reason="store.manifest_path treats an existing file without a suffix as a directory",
-)
 def test_write_manifest_single_file_without_suffix(tmp_path):
     readme = tmp_path / "README"
     readme.write_text("hi\n")

@@ -8,7 +8,9 @@ Sources (JSON lines):
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,6 +148,15 @@ def split_rows(rows: list[dict], test_fraction: float, seed: int) -> list[str]:
     splits = [""] * len(rows)
     free = [i for i, r in enumerate(rows) if not r["frame_id"]]
     if free:
+        counts = Counter(rows[i]["label"] for i in free)
+        n_test = math.ceil(test_fraction * len(free))
+        scarce = sorted(label for label, n in counts.items() if n < 2)
+        if scarce or n_test < len(counts) or len(free) - n_test < len(counts):
+            raise DatasetError(
+                f"free prompts (no frame_id): {dict(sorted(counts.items()))} cannot be split "
+                f"stratified with test_fraction {test_fraction}; give every label at least 2 "
+                "free prompts and enough prompts for one of each label on both sides"
+            )
         train, test = train_test_split(
             free,
             test_size=test_fraction,

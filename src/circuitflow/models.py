@@ -123,9 +123,10 @@ def _load_pretrained(spec: ModelSpec, workdir: Path):
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16, **kwargs)
     except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        reason = "offline: HF_HUB_OFFLINE=1" if offline else " ".join(str(err).split())
         raise ModelSourceError(
-            f"model {spec.name!r}: cannot load {spec.source!r} "
-            f"({'offline: HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') else err}); "
+            f"model {spec.name!r}: cannot load {spec.source!r} ({reason}); "
             "download it where the hub is reachable (huggingface-cli download "
             f"{spec.source} --local-dir DIR) and set models.{spec.name}.source: DIR"
         ) from None

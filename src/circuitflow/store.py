@@ -100,7 +100,7 @@ def code_version() -> str:
 def manifest_path(artifact: str | os.PathLike) -> Path:
     """Directory artifacts hold ``manifest.json``; a file has a ``.manifest.json`` sidecar."""
     artifact = Path(artifact)
-    if artifact.is_dir() or artifact.suffix in ("", ".zarr"):
+    if artifact.is_dir() or (not artifact.is_file() and artifact.suffix in ("", ".zarr")):
         return artifact / MANIFEST
     return artifact.with_name(artifact.name + ".manifest.json")
 

@@ -39,6 +39,12 @@ rule all:
     input:
         EFFECT_SIZES,
         "results/stats/summary.md",
+        rules.power_analysis.output,
+        rules.k_selection.output,
         rules.plot_separability.output,
         rules.plot_cosines.output,
+        rules.plot_steering.output,
+        rules.plot_patching.output,
+        rules.plot_alignment.output,
+        rules.plot_sae.output,
     default_target: True

@@ -1,5 +1,6 @@
 # Cross-model alignment and k-sweep (issue 3): maps learned on neutral samples, emotion-subspace
-# overlap before/after mapping, random and shuffled-pairing baselines, in one tidy CSV.
+# overlap before/after mapping, random and shuffled-pairing baselines, in one tidy CSV; and a
+# bootstrap over samples of the overlaps (issue 5, input of the k selection).
 
 
 rule align_models:
@@ -20,7 +21,7 @@ rule align_models:
         model_a="{model_a}",
         model_b="{model_b}",
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
-        alignment={k: v for k, v in config["alignment"].items() if k != "pairs"},
+        alignment=alignment_map_settings(),
         k_max=config["alignment"].get("k_max", config["vectors"]["k_max"]),
         seed=config["seed"],
     threads: 1
@@ -30,3 +31,33 @@ rule align_models:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/alignment_align_models.py"
+
+
+rule alignment_bootstrap:
+    """Bootstrap over train samples of the subspace overlaps (subspaces and maps refit per
+    replicate) for the layer pairs of alignment.bootstrap_*: input of the k selection."""
+    input:
+        table=store.ALIGNMENT,
+        activations_a=lambda wc: store.ACTIVATIONS.format(dataset=wc.dataset, model=wc.model_a),
+        activations_b=lambda wc: store.ACTIVATIONS.format(dataset=wc.dataset, model=wc.model_b),
+    output:
+        store.ALIGNMENT_BOOTSTRAP,
+    wildcard_constraints:
+        model_a=_choice(MODELS),
+        model_b=_choice(MODELS),
+    params:
+        dataset="{dataset}",
+        model_a="{model_a}",
+        model_b="{model_b}",
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        alignment=alignment_map_settings(),
+        bootstrap=alignment_bootstrap_settings(),
+        k_max=config["alignment"].get("k_max", config["vectors"]["k_max"]),
+        seed=config["seed"],
+    threads: 1
+    log:
+        "logs/alignment_bootstrap/{dataset}/{model_a}__{model_b}.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/alignment_bootstrap.py"

@@ -31,6 +31,47 @@ def dataset_sources(wildcards):
     return {key: entry[key] for key in ("prompts", "frames") if key in entry}
 
 
+# ---- vision: which datasets pair with which models ----
+# Prompt datasets run on causal LMs; image datasets (kind images | image_manifest) on vision
+# encoders and VLMs. Text-only phases (SAE, alignment, patching, steering) use the text pairs.
+PROMPT_DATASETS = [d for d in DATASETS if dataset_entry(d)["kind"] == "prompts"]
+IMAGE_DATASETS = [d for d in DATASETS if dataset_entry(d)["kind"] != "prompts"]
+TEXT_MODELS = [m for m in MODELS if model_entry(m)["family"] == "causal-lm"]
+VISION_MODELS = [m for m in MODELS if model_entry(m)["family"] != "causal-lm"]
+
+
+def _only(names):
+    """Wildcard constraint matching exactly ``names`` (none: matches nothing)."""
+    return _choice(names) if names else "(?!)"
+
+
+def dataset_models(dataset):
+    return TEXT_MODELS if dataset in PROMPT_DATASETS else VISION_MODELS
+
+
+def vectors_targets():
+    """Vectors stores of every (dataset, model) pair that runs: text x text, images x vision."""
+    return [store.VECTORS.format(dataset=d, model=m) for d in DATASETS for m in dataset_models(d)]
+
+
+def probes_targets():
+    return [
+        f"{store.PROBES_DIR.format(dataset=d, model=m)}/{store.MEASUREMENTS_FILE}"
+        for d in IMAGE_DATASETS
+        for m in VISION_MODELS
+    ]
+
+
+def image_sources(wildcards):
+    """Files and folders an image dataset reads (builtin photographs need none)."""
+    entry = dataset_entry(wildcards.dataset)
+    if entry["kind"] == "image_manifest":
+        return {"manifest": entry["manifest"]["csv"]}
+    paths = [s for s in entry["images"]["sources"] if not s.startswith("builtin:")]
+    return {f"source{i}": path for i, path in enumerate(paths)}
+# ---- end vision ----
+
+
 def check_config():
     """Cross-key checks the schema cannot express; one line naming the key."""
     for name, entry in config["datasets"].items():
@@ -39,7 +80,16 @@ def check_config():
                 f"config key datasets.{name}.baseline: {entry['baseline']!r} is not one of "
                 f"labels {entry['labels']}"
             )
-        if not ("prompts" in entry or "frames" in entry):
+        if entry["kind"] == "images" and not entry.get("images", {}).get("sources"):
+            raise WorkflowError(
+                f"config key datasets.{name}.images.sources: give photographs "
+                "(builtin:<name>, image files or folders)"
+            )
+        if entry["kind"] == "image_manifest" and "manifest" not in entry:
+            raise WorkflowError(
+                f"config key datasets.{name}.manifest: give csv (and layout: para | aadb)"
+            )
+        if entry["kind"] == "prompts" and not ("prompts" in entry or "frames" in entry):
             raise WorkflowError(
                 f"config key datasets.{name}: give prompts and/or frames (JSONL paths)"
             )
@@ -60,8 +110,8 @@ def per_token_hooks(model):
 def sae_targets():
     return [
         store.SAE_DIR.format(dataset=d, model=m, hook=h, architecture=a)
-        for d in DATASETS
-        for m in MODELS
+        for d in PROMPT_DATASETS
+        for m in TEXT_MODELS
         for h in per_token_hooks(m)
         for a in config["sae"]["architectures"]
     ]
@@ -70,20 +120,56 @@ def sae_targets():
 def alignment_pairs():
     if "pairs" in config["alignment"]:
         return [tuple(p) for p in config["alignment"]["pairs"]]
-    return [(a, b) for i, a in enumerate(MODELS) for b in MODELS[i + 1 :]]
+    return [(a, b) for i, a in enumerate(TEXT_MODELS) for b in TEXT_MODELS[i + 1 :]]
 
 
 def alignment_targets():
     return [
         store.ALIGNMENT.format(dataset=d, model_a=a, model_b=b)
-        for d in DATASETS
+        for d in PROMPT_DATASETS
         for a, b in alignment_pairs()
     ]
 
 
 def patching_targets():
-    return [store.PATCHING_DIR.format(dataset=d, model=m) for d in DATASETS for m in MODELS]
+    return [
+        store.PATCHING_DIR.format(dataset=d, model=m) for d in PROMPT_DATASETS for m in TEXT_MODELS
+    ]
 
 
 def steering_targets():
-    return [store.STEERING_DIR.format(dataset=d, model=m) for d in DATASETS for m in MODELS]
+    return [
+        store.STEERING_DIR.format(dataset=d, model=m) for d in PROMPT_DATASETS for m in TEXT_MODELS
+    ]
+
+
+# measurements.csv files (store.MEASUREMENTS_FILE layout) that effect_sizes consumes: a phase
+# that writes one appends a function returning its paths (each under results/<phase>/).
+MEASUREMENT_SOURCES = [probes_targets]  # vision probes (rules/vectors.smk)
+
+
+def measurements_targets():
+    return [path for source in MEASUREMENT_SOURCES for path in source()]
+
+
+def alignment_bootstrap_targets():
+    return [
+        store.ALIGNMENT_BOOTSTRAP.format(dataset=d, model_a=a, model_b=b)
+        for d in PROMPT_DATASETS
+        for a, b in alignment_pairs()
+    ]
+
+
+def _is_bootstrap_key(key):
+    return key == "n_bootstrap" or key.startswith("bootstrap_")
+
+
+def alignment_map_settings():
+    """The alignment section without pairs and the bootstrap keys (they do not change maps)."""
+    return {
+        k: v for k, v in config["alignment"].items() if k != "pairs" and not _is_bootstrap_key(k)
+    }
+
+
+def alignment_bootstrap_settings():
+    return {k: v for k, v in config["alignment"].items() if _is_bootstrap_key(k)}

@@ -4,6 +4,8 @@ rule build_prompts:
         unpack(dataset_sources),
     output:
         directory(store.DATASET_DIR),
+    wildcard_constraints:
+        dataset=_only(PROMPT_DATASETS),
     params:
         dataset="{dataset}",
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
@@ -16,3 +18,31 @@ rule build_prompts:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/dataset_build_prompts.py"
+
+
+# ---- vision ----
+rule build_images:
+    """Aesthetic counterfactuals of real photographs (one attribute per variant, graded levels)
+    or a scored CSV manifest (PARA / AADB); split by source photograph."""
+    input:
+        unpack(image_sources),
+    output:
+        directory(store.DATASET_DIR),
+    wildcard_constraints:
+        dataset=_only(IMAGE_DATASETS),
+    params:
+        dataset="{dataset}",
+        kind=lambda wc: dataset_entry(wc.dataset)["kind"],
+        labels=lambda wc: dataset_entry(wc.dataset)["labels"],
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        images=lambda wc: dataset_entry(wc.dataset)["images"],
+        manifest=lambda wc: dataset_entry(wc.dataset).get("manifest", {}),
+        test_fraction=lambda wc: dataset_entry(wc.dataset)["test_fraction"],
+        seed=config["seed"],
+    log:
+        "logs/build_images/{dataset}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/dataset_build_images.py"

@@ -15,3 +15,22 @@ rule prepare_model:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/models_prepare.py"
+
+
+rule describe_model:
+    """Hookable layer names and shapes of a prepared model (vision: token grid, width)."""
+    input:
+        model=store.MODEL_DIR,
+    output:
+        store.DESCRIBE,
+    params:
+        model="{model}",
+        family=lambda wc: model_entry(wc.model)["family"],
+        dtype=lambda wc: model_entry(wc.model)["dtype"],
+        device=lambda wc: model_entry(wc.model)["device"],
+    log:
+        "logs/describe_model/{model}.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/models_describe.py"

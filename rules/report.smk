@@ -20,7 +20,7 @@ rule plot_separability:
 rule plot_cosines:
     """Emotion x emotion and layer x layer cosine matrices of the directions."""
     input:
-        vectors=expand(store.VECTORS, dataset=DATASETS, model=MODELS),
+        vectors=vectors_targets(),
     output:
         emotions=report(
             "results/plots/cosine_emotions.png",
@@ -46,12 +46,108 @@ rule plot_cosines:
 rule summary:
     """Plain-words summary of which effects survive BH-FDR, per model."""
     input:
-        EFFECT_SIZES,
+        effects=EFFECT_SIZES,
+        power=store.POWER_ANALYSIS,
+        k_selection=store.K_SELECTION,
     output:
         "results/stats/summary.md",
+    params:
+        alpha=config["stats"]["alpha"],
     log:
         "logs/plots/summary.log",
     conda:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/report_summary.py"
+
+
+rule plot_steering:
+    """Layer x alpha heatmaps of steering effects (d_z vs unsteered) per evaluator metric."""
+    input:
+        EFFECT_SIZES,
+    output:
+        report(
+            directory("results/plots/steering"),
+            patterns=["{name}.png"],
+            caption="captions/steering.rst",
+            category="Causal",
+            subcategory="Steering",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        datasets=DATASETS,
+        metrics=config["stats"]["steering_metrics"],
+        alpha=config["stats"]["alpha"],
+    log:
+        "logs/plots/steering.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/report_steering.py"
+
+
+rule plot_patching:
+    """Layer x position (residual) and layer x head heatmaps of patching and ablation."""
+    input:
+        effects=EFFECT_SIZES,
+        patching=patching_targets(),
+    output:
+        report(
+            directory("results/plots/patching"),
+            patterns=["{name}.png"],
+            caption="captions/patching.rst",
+            category="Causal",
+            subcategory="Patching",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        alpha=config["stats"]["alpha"],
+    log:
+        "logs/plots/patching.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/report_patching.py"
+
+
+rule plot_alignment:
+    """Overlap-vs-k curves before/after alignment with the random-subspace band."""
+    input:
+        alignment=alignment_targets(),
+    output:
+        report(
+            directory("results/plots/alignment"),
+            patterns=["{name}.png"],
+            caption="captions/alignment.rst",
+            category="Representation",
+            subcategory="Alignment",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        site=(config["alignment"].get("grid_sites") or config["alignment"]["sites"])[0],
+    log:
+        "logs/plots/alignment.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/report_alignment.py"
+
+
+rule plot_sae:
+    """Held-out metrics of every sparse autoencoder."""
+    input:
+        sae=sae_targets(),
+    output:
+        report(
+            "results/plots/sae_metrics.png",
+            caption="captions/sae.rst",
+            category="Representation",
+            subcategory="SAE",
+            labels={"figure": "SAE metrics"},
+        ),
+    log:
+        "logs/plots/sae_metrics.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/report_sae.py"

@@ -1,12 +1,19 @@
+# Statistics (issue 5): effect sizes of every phase with corrections, power, k selection.
+
+
 rule effect_sizes:
-    """Tidy effect-size table: one row per phase x model x layer x site x position x condition."""
+    """Tidy effect-size table: one row per phase x model x layer x site x position x condition
+    x setting x comparison x metric, p corrected within phase x dataset x model x metric."""
     input:
-        vectors=expand(store.VECTORS, dataset=DATASETS, model=MODELS),
+        vectors=vectors_targets(),
+        patching=patching_targets(),
+        steering=steering_targets(),
+        alignment=alignment_targets(),
+        sae=sae_targets(),
+        measurements=measurements_targets(),
     output:
         EFFECT_SIZES,
     params:
-        datasets=DATASETS,
-        models=MODELS,
         baselines={name: entry["baseline"] for name, entry in config["datasets"].items()},
         seed=config["seed"],
         stats=config["stats"],
@@ -16,3 +23,38 @@ rule effect_sizes:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/stats_effect_sizes.py"
+
+
+rule power_analysis:
+    """Post-hoc power per family and the units needed for small-to-medium effects."""
+    input:
+        EFFECT_SIZES,
+    output:
+        csv=store.POWER_ANALYSIS,
+        json=store.POWER_ANALYSIS.replace(".csv", ".json"),
+    params:
+        stats=config["stats"],
+    log:
+        "logs/power_analysis/power_analysis.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/stats_power.py"
+
+
+rule k_selection:
+    """Bootstrap CI of the subspace overlap at each k, the selected k with its CI, and the
+    test against random subspaces at that k."""
+    input:
+        tables=alignment_targets(),
+        bootstrap=alignment_bootstrap_targets(),
+    output:
+        store.K_SELECTION,
+    params:
+        stats=config["stats"],
+    log:
+        "logs/k_selection/k_selection.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/stats_k_selection.py"

@@ -18,3 +18,30 @@ rule directions:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/vectors_directions.py"
+
+
+# ---- vision ----
+rule probes:
+    """Linear probes per attribute x hook x position (held-out R² / accuracy, split by source
+    photo) + per-image losses vs a constant baseline and shuffled-target controls."""
+    input:
+        dataset=store.DATASET_DIR,
+        activations=store.ACTIVATIONS,
+    output:
+        probes=f"{store.PROBES_DIR}/probes.csv",
+        measurements=f"{store.PROBES_DIR}/{store.MEASUREMENTS_FILE}",
+    wildcard_constraints:
+        dataset=_only(IMAGE_DATASETS),
+        model=_only(VISION_MODELS),
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        n_controls=2,
+        seed=config["seed"],
+    log:
+        "logs/probes/{dataset}/{model}.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/vectors_probes.py"

@@ -379,10 +379,18 @@ def test_defaults_match_the_config_schema():
     schema = yaml.safe_load((Path(__file__).parents[1] / "schemas/config.schema.yaml").read_text())
     props = schema["properties"]["alignment"]["properties"]
     defaults = alignment.config_dict(alignment.AlignmentConfig())
+    boot = alignment.BootstrapConfig()
+    boot_defaults = {
+        "n_bootstrap": boot.n_bootstrap,
+        "bootstrap_sites": list(boot.sites),
+        "bootstrap_positions": list(boot.positions),
+        "bootstrap_pairs": boot.pairs,
+    }
     for key, spec in props.items():
         if "default" in spec:
-            assert defaults[key] == spec["default"], key
+            assert {**defaults, **boot_defaults}[key] == spec["default"], key
     assert set(defaults) - set(props) == {"seed"}  # seed is the global config key
+    assert alignment.BootstrapConfig.from_config({}) == boot
 
 
 def test_low_rank_neutral_data_uses_only_the_axes_that_vary(planted):
@@ -397,3 +405,61 @@ def test_low_rank_neutral_data_uses_only_the_axes_that_vary(planted):
     for method in ("procrustes", "cca"):  # the maps have rank 2: k > 2 loses dimensions
         rows = table[(table.method == method) & (table.k == 5)]
         assert (rows.overlap_after <= 2 / 5 + 1e-9).all()
+
+
+# ---------------------------------------------------------------- bootstrap over samples
+def _labelled(seed=0, n=30, d_a=12, d_b=14):
+    """Train rows of 3 labels in two 'models' (B = A rotated and embedded), paired by row."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["anger", "gratitude", "neutral"], n)
+    x_a = rng.standard_normal((3 * n, d_a))
+    x_a[labels == "anger", 0] += 4.0
+    x_a[labels == "gratitude", 1] += 4.0
+    q = ortho_group.rvs(d_b, random_state=seed)
+    x_b = x_a @ (np.eye(d_a, d_b) @ q) + 0.01 * rng.standard_normal((3 * n, d_b))
+    return x_a, x_b, labels
+
+
+def test_replicate_side_recomputes_the_vectors_subspace():
+    x_a, _, labels = _labelled()
+    side = alignment.replicate_side(x_a, labels, "neutral", ["anger", "gratitude"], k_max=3)
+    diffs = vectors.difference_vectors(x_a, labels, "anger", "neutral", np.ones(len(x_a), bool))
+    comps, _, _ = vectors.pca_subspace(diffs, 3)
+    np.testing.assert_array_equal(side.subspaces["anger"], comps)
+    np.testing.assert_array_equal(side.train, x_a[labels == "neutral"])
+
+
+def test_bootstrap_indices_are_stratified_seeded_and_vary():
+    labels = np.repeat(["a", "b", "n"], [5, 7, 9])
+    first = alignment.bootstrap_indices(labels, 20, seed=3)
+    again = alignment.bootstrap_indices(labels, 20, seed=3)
+    other = alignment.bootstrap_indices(labels, 20, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(first, other, strict=True))
+    for idx in first:
+        assert sorted(labels[idx].tolist()) == sorted(labels.tolist())  # same count per label
+    assert len({tuple(i) for i in first}) == 20
+
+
+def test_bootstrap_pair_planted_rotation():
+    """A rotation between the models: every replicate recovers overlap ~1 after Procrustes,
+    the random baseline stays near k/d, and reruns give identical numbers."""
+    x_a, x_b, labels = _labelled()
+    config = alignment.AlignmentConfig(methods=("procrustes",), n_random=30, k_max=2)
+    rows = pd.DataFrame(alignment.bootstrap_pair(x_a, x_b, labels, "neutral", config, 8))
+    assert sorted(rows.replicate.unique()) == list(range(8))
+    after = rows[rows.method == "procrustes"]
+    assert (after.overlap_after > 0.95).all(), after.overlap_after.min()
+    assert (after.overlap_random_mean < 0.4).all()
+    again = pd.DataFrame(alignment.bootstrap_pair(x_a, x_b, labels, "neutral", config, 8))
+    pd.testing.assert_frame_equal(rows, again)
+    # replicates differ from one another (the samples were resampled)
+    k1 = rows[(rows.method == "none") & (rows.k == 1) & (rows.condition == "anger")]
+    assert k1.overlap_after.nunique() > 1
+
+
+def test_bootstrap_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"^alignment.bootstrap_pairs: 'all' not among"):
+        alignment.BootstrapConfig(pairs="all")
+    with pytest.raises(ValueError, match=r"^alignment.n_bootstrap: -1 must be >= 0"):
+        alignment.BootstrapConfig(n_bootstrap=-1)

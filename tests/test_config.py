@@ -36,7 +36,7 @@ def _validation_error(cfg: dict) -> jsonschema.ValidationError:
 
 def test_shipped_config_validates(config):
     validate(config, SCHEMA, set_default=True)
-    assert set(config["models"]) == {"smollm2-135m", "gemma3-270m"}
+    assert set(config["models"]) == {"smollm2-135m", "gemma3-270m", "efficientnet-lite0"}
     assert config["datasets"]["emotion"]["kind"] == "prompts"  # default filled in
 
 
@@ -116,12 +116,12 @@ def test_unknown_key_in_model_entry(config):
 
 
 def test_unknown_key_in_stats(config):
-    config["stats"]["alpha"] = 0.05
+    config["stats"]["colour"] = 0.05
     err = _validation_error(config)
     allowed = _allowed(["properties", "stats"])
     assert "bootstrap_resamples, confidence_level" in allowed
     assert describe_validation_error(err) == (
-        f"config key stats.alpha: unknown key; allowed here: {allowed}"
+        f"config key stats.colour: unknown key; allowed here: {allowed}"
     )
 
 

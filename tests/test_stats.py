@@ -1,5 +1,6 @@
-"""circuitflow.stats: effect sizes, Welch tests, bootstrap CIs, corrections, the tidy table."""
+"""circuitflow.stats: effect sizes, tests, bootstrap CIs, corrections, power, phase adapters."""
 
+import io
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ from statsmodels.stats.multitest import multipletests
 from circuitflow import stats
 
 
-# ---------------------------------------------------------------- Cohen's d
+# ---------------------------------------------------------------- Cohen's d, Hedges' g, d_z
 def test_cohens_d_closed_form():
     t = np.array([1.0, 2.0, 3.0, 4.0])
     b = np.array([2.0, 4.0, 6.0, 8.0])
@@ -36,6 +37,44 @@ def test_cohens_d_unequal_sizes_and_vectorised():
     )
 
 
+def test_hedges_g_closed_form():
+    t = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([2.0, 4.0, 6.0, 8.0])
+    # J(df = 6) = Gamma(3) / (sqrt(3) Gamma(5/2)) = 2 / (sqrt(3) * 3 sqrt(pi) / 4)
+    j6 = 2 / (math.sqrt(3) * 0.75 * math.sqrt(math.pi))
+    assert j6 == pytest.approx(0.8686, abs=1e-4)
+    assert stats.hedges_correction(6) == pytest.approx(j6, rel=1e-12)
+    assert stats.hedges_g(t, b) == pytest.approx(-math.sqrt(1.5) * j6, rel=1e-12)
+    # Hedges' approximation 1 - 3 / (4 df - 1) is within 0.1% here and exact in the limit
+    assert stats.hedges_correction(6) == pytest.approx(1 - 3 / 23, rel=2e-3)
+    assert stats.hedges_correction(1000) == pytest.approx(1 - 3 / 3999, rel=1e-6)
+
+
+def test_cohens_dz_and_paired_test_closed_form():
+    t = np.array([3.0, 5.0, 4.0, 8.0])
+    b = np.array([1.0, 2.0, 2.0, 4.0])
+    # differences 2, 3, 2, 4: mean 2.75, sd sqrt(2.75 / 3)
+    dz = 2.75 / math.sqrt(2.75 / 3)
+    assert stats.cohens_dz(t - b) == pytest.approx(dz, rel=1e-12)
+    r = stats.compare_paired(t, b, seed=0, n_resamples=200)
+    assert r["estimate"] == pytest.approx(dz, rel=1e-12)
+    assert r["effect_size"] == "cohens_dz" and r["design"] == "paired"
+    # paired t = d_z sqrt(n), df = n - 1; p from the t distribution, as scipy
+    assert r["statistic"] == pytest.approx(dz * 2, rel=1e-12)
+    assert r["df"] == 3
+    assert r["p"] == pytest.approx(2 * sps.t.sf(dz * 2, 3), rel=1e-10)
+    assert r["p"] == pytest.approx(sps.ttest_rel(t, b).pvalue, rel=1e-12)
+    assert r["p"] == pytest.approx(0.010477, abs=1e-6)  # t(3) = 5.7446
+    assert r["mean_treatment"] == 5.0 and r["mean_baseline"] == 2.25
+
+
+def test_compare_paired_rejects_constant_differences():
+    with pytest.raises(ValueError, match="every paired difference is the same"):
+        stats.compare_paired([1.0, 2.0, 3.0], [0.0, 1.0, 2.0], seed=0)
+    with pytest.raises(ValueError, match="paired arms differ in length: 3 and 2"):
+        stats.compare_paired([1.0, 2.0, 3.0], [0.0, 1.0], seed=0)
+
+
 # ---------------------------------------------------------------- compare_independent
 def test_compare_independent_matches_scipy_and_hand_values():
     t = [1.0, 2.0, 3.0, 3.0]
@@ -45,27 +84,28 @@ def test_compare_independent_matches_scipy_and_hand_values():
     assert r["statistic"] == pytest.approx(welch.statistic, rel=1e-12)
     assert r["p"] == pytest.approx(welch.pvalue, rel=1e-12)
     assert r["df"] == pytest.approx(welch.df, rel=1e-12)
-    # AUROC with ties: P(t > b) + 0.5 P(t = b) over the 12 pairs:
-    # t=1: beats 0 -> 1; t=2: beats 0, ties 2 -> 1.5; t=3 (x2): beats 0, 2, ties 3 -> 2.5 each
+    # AUROC with ties: P(t > b) + 0.5 P(t = b) over the 12 pairs
     assert r["auroc"] == pytest.approx((1 + 1.5 + 2.5 + 2.5) / 12)
-    assert r["auroc"] == pytest.approx(0.625)
     assert r["n_treatment"] == 4 and r["n_baseline"] == 3
     assert r["mean_treatment"] == pytest.approx(2.25)
-    assert r["mean_baseline"] == pytest.approx(5 / 3)
-    assert r["sd_treatment"] == pytest.approx(math.sqrt(0.9166666666666666))
     assert r["sd_baseline"] == pytest.approx(math.sqrt(7 / 3))
-    assert r["estimate"] == pytest.approx(stats.cohens_d(t, b))
-    assert r["test"] == "welch_t" and r["effect_size"] == "cohens_d"
+    assert r["estimate"] == pytest.approx(stats.cohens_d(t, b) * stats.hedges_correction(5))
+    assert r["test"] == "welch_t" and r["effect_size"] == "hedges_g"
+    assert r["design"] == "independent"
 
 
-def test_compare_independent_welch_df_is_not_pooled():
-    rng = np.random.default_rng(3)
-    t = rng.normal(1, 3, 12)
-    b = rng.normal(0, 1, 40)
+def test_known_p_value():
+    # Welch t on two fixed samples, by the textbook formulas
+    t = np.array([5.1, 4.9, 5.6, 5.8, 6.0, 5.5])
+    b = np.array([4.2, 4.8, 4.4, 5.0, 4.6, 4.1, 4.9])
+    v1, v2 = t.var(ddof=1) / 6, b.var(ddof=1) / 7
+    welch_t = (t.mean() - b.mean()) / math.sqrt(v1 + v2)
+    df = (v1 + v2) ** 2 / (v1**2 / 5 + v2**2 / 6)  # Welch-Satterthwaite
     r = stats.compare_independent(t, b, seed=0, n_resamples=200)
-    assert r["df"] == pytest.approx(sps.ttest_ind(t, b, equal_var=False).df)
-    assert r["df"] < 12 + 40 - 2 - 20  # Welch-Satterthwaite, far below the pooled 50
-    assert r["p"] == pytest.approx(sps.ttest_ind(t, b, equal_var=False).pvalue)
+    assert r["statistic"] == pytest.approx(welch_t, rel=1e-12)
+    assert r["df"] == pytest.approx(df, rel=1e-12)
+    assert r["p"] == pytest.approx(2 * sps.t.sf(welch_t, df), rel=1e-10)
+    assert r["p"] == pytest.approx(0.0017912, abs=1e-7)  # t = 4.232, df = 9.865
 
 
 def test_bootstrap_ci_deterministic_per_seed():
@@ -79,20 +119,32 @@ def test_bootstrap_ci_deterministic_per_seed():
     assert a1["ci_low"] < a1["estimate"] < a1["ci_high"]
 
 
-def test_bootstrap_ci_coverage():
-    """The 95% BCa interval for d covers the true d at close to the nominal rate."""
+def test_bootstrap_ci_coverage_independent():
+    """The 95% BCa interval for g covers the true d at close to the nominal rate."""
     rng = np.random.default_rng(2024)
-    true_d, reps, covered = 0.5, 200, 0
+    true_d, reps, covered = 0.5, 150, 0
     widths = []
     for i in range(reps):
         t = rng.normal(true_d, 1.0, 30)
         b = rng.normal(0.0, 1.0, 30)
-        r = stats.compare_independent(t, b, seed=i, n_resamples=500)
+        r = stats.compare_independent(t, b, seed=i, n_resamples=400)
         covered += r["ci_low"] <= true_d <= r["ci_high"]
         widths.append(r["ci_high"] - r["ci_low"])
     assert 0.88 <= covered / reps <= 0.99, covered / reps
     # width of a 95% CI on d with n=30 per arm is about 2 * 1.96 * sqrt(2/30 + d^2/120)
     assert np.median(widths) == pytest.approx(2 * 1.96 * math.sqrt(2 / 30 + 0.25 / 120), rel=0.15)
+
+
+def test_bootstrap_ci_coverage_paired():
+    """The 95% BCa interval for d_z covers the true d_z at close to the nominal rate."""
+    rng = np.random.default_rng(7)
+    true_dz, reps, covered = 0.6, 150, 0
+    for i in range(reps):
+        b = rng.normal(0.0, 1.0, 25)
+        t = b + rng.normal(true_dz, 1.0, 25)  # differences ~ N(0.6, 1): d_z = 0.6
+        r = stats.compare_paired(t, b, seed=i, n_resamples=400)
+        covered += r["ci_low"] <= true_dz <= r["ci_high"]
+    assert 0.87 <= covered / reps <= 0.99, covered / reps
 
 
 def test_compare_independent_rejects_bad_input():
@@ -102,6 +154,34 @@ def test_compare_independent_rejects_bad_input():
     with pytest.raises(ValueError) as err:
         stats.compare_independent([1.0, np.nan], [1.0, 2.0], seed=0)
     assert str(err.value) == "NaN or inf in the compared values"
+
+
+# ---------------------------------------------------------------- single case, AUROC
+def test_crawford_howell_closed_form():
+    r = stats.compare_single_case(10.0, mean=5.0, sd=2.0, n=9)
+    t = 5 / (2 * math.sqrt(10 / 9))
+    assert r["statistic"] == pytest.approx(t, rel=1e-12)
+    assert r["df"] == 8
+    assert r["p"] == pytest.approx(2 * sps.t.sf(t, 8), rel=1e-12)
+    assert r["estimate"] == 2.5 and r["effect_size"] == "z_cc"
+    assert r["n_treatment"] == 1 and r["n_baseline"] == 9
+    with pytest.raises(ValueError, match="sd > 0"):
+        stats.compare_single_case(1.0, 0.0, 0.0, 5)
+
+
+def test_auroc_test_matches_mann_whitney_without_ties():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(0.7, 1, 15), rng.normal(0, 1, 20)
+    u = sps.mannwhitneyu(x, y, method="asymptotic", use_continuity=False)
+    auc = u.statistic / (15 * 20)
+    r = stats.auroc_test(auc, 15, 20)
+    assert r["p"] == pytest.approx(u.pvalue, rel=1e-10)
+    assert r["estimate"] == pytest.approx(auc)
+    # Hanley & McNeil SE at A = 0.5, n = 15/20: sqrt((0.25 + 14(1/3 - 1/4) + 19(1/3 - 1/4)) / 300)
+    mid = stats.auroc_test(0.5, 15, 20)
+    se = math.sqrt((0.25 + 14 / 12 + 19 / 12) / 300)
+    assert mid["ci_high"] - 0.5 == pytest.approx(1.959964 * se, rel=1e-5)
+    assert mid["p"] == 1.0
 
 
 # ---------------------------------------------------------------- multiple comparisons
@@ -118,13 +198,29 @@ def test_adjust_pvalues_within_families():
         np.testing.assert_allclose(
             out["p_fdr_bh"].to_numpy()[sel], multipletests(p[sel], method="fdr_bh")[1]
         )
-    # family A has 5 tests: 0.001 * 5; family B has 4: 0.01 * 4
     assert out["p_bonferroni"].iloc[0] == pytest.approx(0.005)
     assert out["p_bonferroni"].iloc[5] == pytest.approx(0.04)
     assert out["p_bonferroni"].iloc[7] == 1.0  # capped
-    # pooling the families would give a different (larger) correction
-    assert out["p_bonferroni"].iloc[0] != pytest.approx(0.001 * 9)
+    assert list(out["n_family"]) == [5, 4, 5, 4, 5, 4, 5, 4, 5]
     assert list(out["p"]) == list(p)
+
+
+def test_bh_fdr_fixed_vector_hand_values():
+    # BH by hand: sorted p * m / rank, then cumulative minimum from the top
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    out = stats.adjust_pvalues(pd.DataFrame({"family": "F", "p": p}))
+    np.testing.assert_allclose(out["p_fdr_bh"], [0.02, 0.04, 0.04, 0.02])
+    np.testing.assert_allclose(out["p_fdr_bh"], multipletests(p, method="fdr_bh")[1])
+
+
+def test_declared_family_size_pads_with_ones():
+    p = np.array([0.001, 0.004])
+    out = stats.adjust_pvalues(pd.DataFrame({"family": "F", "p": p, "n_family": [10, 10]}))
+    np.testing.assert_allclose(out["p_bonferroni"], [0.01, 0.04])
+    padded = multipletests(np.r_[p, np.ones(8)], method="fdr_bh")[1][:2]
+    np.testing.assert_allclose(out["p_fdr_bh"], padded)
+    np.testing.assert_allclose(out["p_fdr_bh"], [0.01, 0.02])
+    assert (out["n_family"] == 10).all()
 
 
 def test_family_name():
@@ -132,28 +228,42 @@ def test_family_name():
     assert stats.family_name("vectors", "m", "proj") == "vectors/m/proj"
 
 
-# ---------------------------------------------------------------- tidy table
-def _row(**override):
+# ---------------------------------------------------------------- power
+def test_power_matches_cohen_1988_tables():
+    # Cohen (1988), Table 2.4.1: d = 0.5, two-sided alpha .05, power .8 -> n = 64 per group
+    assert math.ceil(stats.n_needed(0.5, "independent")) == 64
+    assert stats.power_independent(0.5, 64, 64) == pytest.approx(0.80, abs=0.01)
+    # d = 0.2 -> 393 per group in Cohen's table (statsmodels' exact noncentral t: 393.4)
+    assert stats.n_needed(0.2, "independent") == pytest.approx(393.4, abs=0.5)
+    # paired / one-sample d_z = 0.5 -> 34 pairs (G*Power: 34)
+    assert math.ceil(stats.n_needed(0.5, "paired")) == 34
+    assert stats.power_paired(0.5, 34) == pytest.approx(0.808, abs=0.005)
+
+
+def _effect_row(**override):
     row = {
-        "phase": "vectors",
+        "phase": "steering",
         "dataset": "emotion",
         "model": "m",
         "layer": 1,
         "site": "hook_resid_pre",
-        "position": "last",
+        "position": "window+generated",
         "condition": "anger",
-        "comparison": "vs_neutral",
-        "metric": "proj",
-        "family": "vectors/emotion/m/proj",
-        "test": "welch_t",
-        "n_treatment": 10,
-        "n_baseline": 10,
+        "setting": "",
+        "comparison": "vs_baseline",
+        "metric": "vader_compound",
+        "family": "steering/emotion/m/vader_compound",
+        "design": "paired",
+        "test": "paired_t",
+        "n_treatment": 20,
+        "n_baseline": 20,
         "mean_treatment": 1.0,
         "sd_treatment": 1.0,
         "mean_baseline": 0.0,
         "sd_baseline": 1.0,
-        "effect_size": "cohens_d",
-        "estimate": 1.0,
+        "effect_size": "cohens_dz",
+        "estimate": 0.5,
+        "ci_method": "bca_bootstrap",
         "statistic": 2.2,
         "p": 0.04,
     }
@@ -161,11 +271,52 @@ def _row(**override):
     return row
 
 
+def test_power_table_per_family():
+    rows = [
+        _effect_row(layer=1, estimate=0.4, p=0.01),
+        _effect_row(layer=2, estimate=-0.6, p=0.2),
+        _effect_row(
+            phase="vectors",
+            family="vectors/emotion/m/proj",
+            metric="proj",
+            design="independent",
+            test="welch_t",
+            effect_size="hedges_g",
+            n_treatment=30,
+            n_baseline=60,
+            estimate=0.8,
+        ),
+        _effect_row(
+            phase="alignment",
+            family="alignment/emotion/a__b/overlap_after",
+            metric="overlap_after",
+            design="single_case",
+            estimate=9.0,
+            n_treatment=1,
+            n_baseline=50,
+        ),
+    ]
+    table = stats.finalize(rows)
+    power = stats.power_table(table).set_index("family")
+    assert list(power.reset_index().columns[: len(stats.POWER_COLUMNS)]) == stats.POWER_COLUMNS
+    s = power.loc["steering/emotion/m/vader_compound"]
+    assert s["effect_observed"] == pytest.approx(0.5)  # median |d_z| of 0.4 and 0.6
+    assert s["power_observed"] == pytest.approx(stats.power_paired(0.5, 20))
+    assert s["power_observed_bonferroni"] == pytest.approx(stats.power_paired(0.5, 20, 0.025))
+    assert s["n_for_d_0.5"] == 34 and s["n_tests"] == 2 and s["n_significant_fdr"] == 1
+    v = power.loc["vectors/emotion/m/proj"]
+    assert v["power_observed"] == pytest.approx(stats.power_independent(0.8, 30, 60))
+    assert v["n_for_d_0.5"] == 64 and v["n_unit"] == "per group"
+    a = power.loc["alignment/emotion/a__b/overlap_after"]
+    assert np.isnan(a["power_observed"]) and "single observation" in a["note"]
+
+
+# ---------------------------------------------------------------- tidy table
 def test_finalize_columns_order_and_correction():
     rows = [
-        _row(layer=2, p=0.04),
-        _row(layer=0, p=0.01),
-        _row(layer=1, p=0.5, model="z", family="other"),
+        _effect_row(layer=2, p=0.04),
+        _effect_row(layer=0, p=0.01),
+        _effect_row(layer=1, p=0.5, model="z", family="other"),
     ]
     table = stats.finalize(rows)
     assert list(table.columns) == stats.EFFECT_COLUMNS
@@ -176,33 +327,52 @@ def test_finalize_columns_order_and_correction():
     stats.validate_effect_table(table)  # passes
 
 
+def test_csv_round_trip_keeps_the_schema():
+    rows = [_effect_row(layer=None, p=0.2), _effect_row(layer=3, p=0.01, setting="head=2")]
+    table = stats.finalize(rows)
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, float_format="%.6g")
+    back = pd.read_csv(io.StringIO(buf.getvalue()))
+    back["setting"] = back["setting"].fillna("")
+    stats.validate_effect_table(back)
+    assert back["layer"].isna().sum() == 1  # optional: an all-layer effect
+    assert back[stats.REQUIRED].notna().all().all()
+
+
 def test_finalize_missing_required_value():
     with pytest.raises(ValueError) as err:
-        stats.finalize([_row(), _row(layer=3, p=float("nan"))])
+        stats.finalize([_effect_row(), _effect_row(layer=3, p=float("nan"))])
     assert str(err.value) == "effect table: column 'p' is empty in row 1"
-    rows = [_row(), _row()]
+    rows = [_effect_row(), _effect_row()]
     del rows[0]["model"]
     with pytest.raises(ValueError) as err:
         stats.finalize(rows)
     assert str(err.value) == "effect table: column 'model' is empty in row 0"
+    with pytest.raises(ValueError, match="design 'odd' is not one of"):
+        stats.finalize([_effect_row(design="odd")])
 
 
 def test_validate_effect_table_wrong_columns():
-    table = stats.finalize([_row()])
+    table = stats.finalize([_effect_row()])
     bad = table.drop(columns=["auroc"])
     with pytest.raises(ValueError) as err:
         stats.validate_effect_table(bad)
     assert str(err.value) == f"effect table columns {list(bad.columns)} != {stats.EFFECT_COLUMNS}"
-    swapped = table[["dataset", "phase", *stats.EFFECT_COLUMNS[2:]]]
-    with pytest.raises(ValueError, match=r"^effect table columns \['dataset', 'phase'"):
-        stats.validate_effect_table(swapped)
 
 
 def test_required_columns():
-    assert set(stats.EFFECT_COLUMNS) - set(stats.REQUIRED) == {"ci_low", "ci_high", "auroc", "df"}
+    assert set(stats.EFFECT_COLUMNS) - set(stats.REQUIRED) == {
+        "layer",
+        "sd_treatment",
+        "sd_baseline",
+        "ci_low",
+        "ci_high",
+        "df",
+        "auroc",
+    }
 
 
-# ---------------------------------------------------------------- separation_rows
+# ---------------------------------------------------------------- adapters: vectors
 def test_separation_rows():
     rng = np.random.default_rng(7)
     n = 50  # per label per split
@@ -212,45 +382,330 @@ def test_separation_rows():
     positions = ["last", "mean"]
     conditions = ["anger", "gratitude"]
     proj = rng.normal(size=(2, 2, 2, labels.size))
-    # condition "anger": planted shift of 3 SD on its own direction
-    proj[:, :, 0, labels == "anger"] += 3.0
-    # train values are junk: only the held-out split may be used
-    proj[..., split == "train"] = 1e3
-    # hook 0, position "last": every held-out value identical (nothing to compare)
-    proj[0, 0] = 0.25
+    proj[:, :, 0, labels == "anger"] += 3.0  # planted shift of 3 SD
+    proj[..., split == "train"] = 1e3  # train values are junk: only held-out values count
+    proj[0, 0] = 0.25  # nothing to compare: left out
     rows = stats.separation_rows(
-        proj,
-        hooks,
-        positions,
-        conditions,
-        labels,
-        split,
-        baseline="neutral",
-        dataset="emotion",
-        model="m",
-        seed=0,
-        n_resamples=300,
-    )
+        proj, hooks, positions, conditions, labels, split, baseline="neutral",
+        dataset="emotion", model="m", seed=0, n_resamples=300,
+    )  # fmt: skip
     assert len(rows) == 2 * 2 * 2 - 2
-    assert not any(r["layer"] == 0 and r["position"] == "last" for r in rows)
     by = {(r["layer"], r["position"], r["condition"]): r for r in rows}
     for key in [(0, "mean"), (3, "last"), (3, "mean")]:
         planted, null = by[(*key, "anger")], by[(*key, "gratitude")]
         assert planted["estimate"] > 2 and planted["p"] < 1e-6
         assert planted["ci_low"] > 2 and planted["auroc"] > 0.95
         assert abs(null["estimate"]) < 0.6 and null["p"] > 1e-3
-        assert planted["n_treatment"] == n and planted["n_baseline"] == n
-        assert planted["mean_baseline"] < 1  # computed on held-out values only
     r = by[(3, "mean", "anger")]
-    h, p, c = 1, 1, 0
-    treat = proj[h, p, c][(split == "test") & (labels == "anger")]
-    base = proj[h, p, c][(split == "test") & (labels == "neutral")]
-    assert r["estimate"] == pytest.approx(stats.cohens_d(treat, base))
-    assert r["site"] == "hook_resid_post"
-    assert r["comparison"] == "vs_neutral"
-    assert r["metric"] == "projection_on_mean_diff"
+    treat = proj[1, 1, 0][(split == "test") & (labels == "anger")]
+    base = proj[1, 1, 0][(split == "test") & (labels == "neutral")]
+    assert r["estimate"] == pytest.approx(stats.hedges_g(treat, base))
+    assert r["comparison"] == "vs_baseline" and r["effect_size"] == "hedges_g"
     assert r["family"] == "vectors/emotion/m/projection_on_mean_diff"
     table = stats.finalize(rows)
-    assert list(table.columns) == stats.EFFECT_COLUMNS
-    assert len(table) == 6
     np.testing.assert_allclose(table["p_bonferroni"], np.minimum(table["p"] * 6, 1.0))
+
+
+# ---------------------------------------------------------------- adapters: patching
+def _residual():
+    rows = []
+    rec = {"p1": 0.9, "p2": 0.7, "p3": 0.8, "p4": 0.1}
+    for pair, value in rec.items():
+        for direction in ("clean_to_corrupted", "corrupted_to_clean"):
+            for position, vals in (("last", [value]), ("suffix_mid", [value - 0.1, value + 0.3])):
+                for v in vals:
+                    rows.append(
+                        {
+                            "dataset": "emotion", "model": "m", "frame_id": pair,
+                            "condition": "anger", "clean_id": pair, "direction": direction,
+                            "layer": 2, "hook": "blocks.2.hook_resid_pre", "position": position,
+                            "recovery": v if direction == "clean_to_corrupted" else 1 - v / 2,
+                            "small_denominator": pair == "p4",
+                        }
+                    )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_patching_residual_adapter():
+    m = stats.validate_measurements(stats.patching_residual_measurements(_residual()))
+    assert set(m["metric"]) == {"recovery_clean_to_corrupted", "recovery_corrupted_to_clean"}
+    assert "p4" not in set(m["unit"])  # small denominator: left out
+    base = m[m.arm == "baseline"]
+    assert set(base[base.metric == "recovery_clean_to_corrupted"].value) == {0.0}
+    assert set(base[base.metric == "recovery_corrupted_to_clean"].value) == {1.0}
+    rows, skipped = stats.effect_rows(m, seed=0, n_resamples=200)
+    assert skipped == []
+    by = {(r["metric"], r["position"]): r for r in rows}
+    r = by[("recovery_clean_to_corrupted", "suffix_mid")]
+    # suffix_mid has two tokens per pair: averaged within the pair (value + 0.1)
+    x = np.array([1.0, 0.8, 0.9])
+    assert r["n_treatment"] == 3 and r["mean_treatment"] == pytest.approx(x.mean())
+    assert r["p"] == pytest.approx(sps.ttest_1samp(x, 0.0).pvalue, rel=1e-10)
+    assert r["estimate"] == pytest.approx(x.mean() / x.std(ddof=1))
+    r = by[("recovery_corrupted_to_clean", "last")]
+    y = 1 - np.array([0.9, 0.7, 0.8]) / 2
+    assert r["p"] == pytest.approx(sps.ttest_1samp(y, 1.0).pvalue, rel=1e-10)
+    assert r["estimate"] < 0 and r["site"] == "hook_resid_pre" and r["layer"] == 2
+    assert r["family"] == "patching/emotion/m/recovery_corrupted_to_clean"
+
+
+def test_patching_head_adapter_pools_conditions():
+    rows = []
+    for i, (cond, rec, zero) in enumerate(
+        [("anger", 0.5, 0.2), ("anger", 0.7, 0.4), ("anger", 0.3, 0.1),
+         ("apology", 0.2, 0.3), ("apology", 0.4, 0.5), ("apology", 0.1, 0.2)]
+    ):  # fmt: skip
+        rows.append(
+            {
+                "dataset": "emotion", "model": "m", "condition": cond, "clean_id": f"s{i}",
+                "layer": 1, "head": 3, "hook": "blocks.1.attn.hook_z", "recovery": rec,
+                "zero_effect": zero, "mean_effect": zero / 2, "small_denominator": False,
+            }
+        )  # fmt: skip
+    m = stats.validate_measurements(stats.patching_head_measurements(pd.DataFrame(rows)))
+    out, _ = stats.effect_rows(m, seed=0, n_resamples=200)
+    by = {(r["metric"], r["condition"]): r for r in out}
+    assert set(by) == {
+        (metric, c)
+        for metric in (
+            "head_patch_recovery",
+            "head_zero_ablation_effect",
+            "head_mean_ablation_effect",
+        )
+        for c in ("anger", "apology", "all")
+    }
+    pooled = by[("head_zero_ablation_effect", "all")]
+    z = np.array([0.2, 0.4, 0.1, 0.3, 0.5, 0.2])
+    assert pooled["n_treatment"] == 6
+    assert pooled["p"] == pytest.approx(sps.ttest_1samp(z, 0.0).pvalue, rel=1e-10)
+    assert pooled["setting"] == "head=3" and pooled["site"] == "attn.hook_z"
+    assert (
+        pooled["position"] == "all" and by[("head_patch_recovery", "all")]["position"] == "suffix"
+    )
+
+
+def test_directional_ablation_adapter_random_seeds_averaged():
+    rows = []
+    samples = [("a1", "anger"), ("a2", "anger"), ("a3", "anger"), ("n1", "neutral"),
+               ("n2", "neutral"), ("n3", "neutral")]  # fmt: skip
+    rng = np.random.default_rng(0)
+    for sid, label in samples:
+        is_c = label == "anger"
+        base_p = 0.9 if is_c else 0.2
+        for ablation, k, seed, p in (
+            ("none", 0, -1, base_p),
+            ("direction", 1, -1, 0.5 + rng.normal(0, 0.05)),
+            ("random_direction", 1, 0, base_p + rng.normal(0, 0.05)),
+            ("random_direction", 1, 1, base_p + rng.normal(0, 0.05)),
+        ):
+            rows.append(
+                {
+                    "dataset": "emotion", "model": "m", "sample_id": sid, "label": label,
+                    "condition": "anger", "is_condition": is_c, "ablation": ablation, "k": k,
+                    "seed": seed, "positions": "all" if ablation != "none" else "none",
+                    "probe_p": p, "probe_p_base": base_p, "lean": p * 2,
+                    "lean_base": base_p * 2,
+                }
+            )  # fmt: skip
+    table = pd.DataFrame(rows)
+    m = stats.validate_measurements(stats.directional_ablation_measurements(table))
+    out, _ = stats.effect_rows(m, seed=0, n_resamples=200)
+    by = {(r["metric"], r["comparison"]): r for r in out}
+    assert set(by) == {
+        (metric, c)
+        for metric in ("ablation_probe_p_true", "ablation_lean")
+        for c in ("vs_baseline", "vs_random_control")
+    }
+    r = by[("ablation_probe_p_true", "vs_random_control")]
+    t = table.set_index(["sample_id", "ablation", "seed"])
+    true_p = {sid: (lambda p, c=(label == "anger"): p if c else 1 - p) for sid, label in samples}
+    treat = [true_p[s](t.loc[(s, "direction", -1), "probe_p"]) for s, _ in samples]
+    ctrl = [
+        np.mean([true_p[s](t.loc[(s, "random_direction", seed), "probe_p"]) for seed in (0, 1)])
+        for s, _ in samples
+    ]
+    assert r["n_treatment"] == 6 and r["design"] == "paired"
+    assert r["p"] == pytest.approx(sps.ttest_rel(treat, ctrl).pvalue, rel=1e-10)
+    assert r["estimate"] < 0  # ablating the emotion direction lowers the true-class probability
+    assert r["layer"] is None or pd.isna(r["layer"])
+    assert r["setting"] == "ablation=direction k=1" and r["position"] == "all"
+    assert by[("ablation_lean", "vs_baseline")]["n_treatment"] == 3  # condition samples only
+
+
+# ---------------------------------------------------------------- adapters: steering
+def _steering_samples():
+    rows = []
+    for i in range(5):
+        pid = f"p{i}"
+        common = {"dataset": "emotion", "model": "m", "prompt_id": pid, "alpha_mode": "relative"}
+        rows.append({**common, "direction": "none", "layer": np.nan, "alpha": 0.0,
+                     "condition": np.nan, "control": False, "marker_gratitude": 0.0,
+                     "vader_compound": 0.1 * i})  # fmt: skip
+        rows.append({**common, "direction": "gratitude", "layer": 3, "alpha": 0.25,
+                     "condition": "gratitude", "control": False, "marker_gratitude": 1.0 + i % 2,
+                     "vader_compound": 0.1 * i + 0.5 + 0.05 * (i % 3)})  # fmt: skip
+        for seed in (0, 1):
+            rows.append({**common, "direction": f"random:{seed}", "layer": 3, "alpha": 0.25,
+                         "condition": np.nan, "control": True, "marker_gratitude": float(seed),
+                         "vader_compound": 0.1 * i + 0.02 * seed * i})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_steering_adapter_paired_by_prompt():
+    s = _steering_samples()
+    m = stats.validate_measurements(
+        stats.steering_measurements(s, ["marker_target", "vader_compound", "absent_metric"])
+    )
+    assert set(m["metric"]) == {"marker_target", "vader_compound"}
+    out, _ = stats.effect_rows(m, seed=0, n_resamples=200)
+    by = {(r["metric"], r["comparison"]): r for r in out}
+    r = by[("vader_compound", "vs_baseline")]
+    steered = np.array([0.1 * i + 0.5 + 0.05 * (i % 3) for i in range(5)])
+    base = np.array([0.1 * i for i in range(5)])
+    assert r["design"] == "paired" and r["n_treatment"] == 5
+    assert r["estimate"] == pytest.approx(stats.cohens_dz(steered - base))
+    assert r["p"] == pytest.approx(sps.ttest_rel(steered, base).pvalue, rel=1e-10)
+    assert r["setting"] == "direction=gratitude alpha=0.25 mode=relative"
+    assert r["layer"] == 3 and r["condition"] == "gratitude"
+    ctrl = np.array([0.1 * i + 0.01 * i for i in range(5)])  # seeds 0 and 1 averaged
+    rc = by[("vader_compound", "vs_random_control")]
+    assert rc["mean_baseline"] == pytest.approx(ctrl.mean())
+    assert rc["p"] == pytest.approx(sps.ttest_rel(steered, ctrl).pvalue, rel=1e-10)
+    # marker_target is marker_gratitude for the gratitude direction
+    mk = by[("marker_target", "vs_baseline")]
+    assert mk["mean_treatment"] == pytest.approx(np.mean([1 + i % 2 for i in range(5)]))
+    assert mk["mean_baseline"] == 0.0
+
+
+def test_effect_rows_independent_when_units_differ_and_skips_small_groups():
+    m = pd.DataFrame(
+        {
+            "phase": "vision", "dataset": "d", "model": "m", "layer": 1, "site": "s",
+            "position": "cls", "condition": "composition", "metric": "score",
+            "arm": ["treatment"] * 4 + ["baseline"] * 5 + ["control"] * 2,
+            "unit": [f"t{i}" for i in range(4)] + [f"b{i}" for i in range(5)] + ["c0", "c1"],
+            "value": [1.0, 2.0, 3.0, 2.5, 0.0, 0.5, 1.0, 0.2, 0.1, 5.0, 6.0],
+        }
+    )  # fmt: skip
+    m = stats.validate_measurements(m)
+    out, skipped = stats.effect_rows(m, seed=0, n_resamples=200, min_n=3)
+    assert len(out) == 1 and out[0]["design"] == "independent"
+    t, b = [1.0, 2.0, 3.0, 2.5], [0.0, 0.5, 1.0, 0.2, 0.1]
+    assert out[0]["estimate"] == pytest.approx(stats.hedges_g(t, b))
+    assert out[0]["p"] == pytest.approx(sps.ttest_ind(t, b, equal_var=False).pvalue)
+    assert len(skipped) == 1 and "vs_random_control: 2 units < 3" in skipped[0]
+
+
+def test_validate_measurements_errors_name_the_problem():
+    good = {"phase": "p", "dataset": "d", "model": "m", "site": "", "position": "",
+            "condition": "c", "metric": "x", "arm": "treatment", "unit": "u", "value": 1.0}  # fmt: skip
+    with pytest.raises(stats.StatsError, match=r"^f.csv: arm 'treated' is not one of"):
+        stats.validate_measurements(pd.DataFrame([{**good, "arm": "treated"}]), "f.csv")
+    with pytest.raises(stats.StatsError, match=r"^f.csv: missing columns \['unit'\]"):
+        stats.validate_measurements(pd.DataFrame([good]).drop(columns="unit"), "f.csv")
+    with pytest.raises(stats.StatsError, match="'value' has empty"):
+        stats.validate_measurements(pd.DataFrame([{**good, "value": np.nan}]), "f.csv")
+    ok = stats.validate_measurements(pd.DataFrame([good]))
+    assert list(ok.columns) == stats.MEASUREMENT_COLUMNS and ok["setting"].iloc[0] == ""
+
+
+# ---------------------------------------------------------------- adapters: alignment, SAE
+def test_alignment_rows():
+    base = {"dataset": "emotion", "model_a": "a", "model_b": "b", "site": "hook_resid_post",
+            "position": "mean", "condition": "anger", "overlap_random_mean": 0.01,
+            "overlap_random_sd": 0.005, "overlap_shuffled": 0.05, "overlap_shuffled_sd": 0.02,
+            "n_random": 50, "n_shuffles": 3}  # fmt: skip
+    table = pd.DataFrame(
+        [
+            {**base, "layer_a": 2, "layer_b": 1, "matched_depth": True, "method": "procrustes",
+             "k": 1, "overlap_before": 0.1, "overlap_after": 0.6},
+            {**base, "layer_a": 2, "layer_b": 1, "matched_depth": True, "method": "none",
+             "k": 1, "overlap_before": 0.1, "overlap_after": 0.1},
+            {**base, "layer_a": 2, "layer_b": 1, "matched_depth": True, "method": "procrustes",
+             "k": 2, "overlap_before": 0.1, "overlap_after": 0.5},
+            {**base, "layer_a": 0, "layer_b": 1, "matched_depth": False, "method": "procrustes",
+             "k": 1, "overlap_before": 0.1, "overlap_after": 0.6},
+        ]
+    )  # fmt: skip
+    rows, skipped = stats.alignment_rows(table, ks=[1])
+    assert skipped == []
+    by = {(r["metric"], r["comparison"], r["setting"]): r for r in rows}
+    assert set(by) == {
+        ("overlap_after", "vs_random_control", "method=procrustes k=1 layer_b=1"),
+        ("overlap_after", "vs_shuffled", "method=procrustes k=1 layer_b=1"),
+        ("overlap_before", "vs_random_control", "method=none k=1 layer_b=1"),
+    }
+    r = by[("overlap_after", "vs_random_control", "method=procrustes k=1 layer_b=1")]
+    assert r["estimate"] == pytest.approx((0.6 - 0.01) / 0.005)
+    assert r["statistic"] == pytest.approx((0.6 - 0.01) / (0.005 * math.sqrt(51 / 50)))
+    assert r["df"] == 49 and r["model"] == "a__b" and r["layer"] == 2
+    s = by[("overlap_after", "vs_shuffled", "method=procrustes k=1 layer_b=1")]
+    assert s["n_baseline"] == 3 and s["df"] == 2
+    assert s["family"] == "alignment/emotion/a__b/overlap_after"
+
+
+def test_sae_feature_rows_keep_top_features_and_count_every_live_one():
+    feats = []
+    aurocs = {0: 0.95, 1: 0.55, 2: 0.10, 3: 0.5}  # feature 3 is dead in both groups
+    for f, a in aurocs.items():
+        for label in ("anger", "neutral"):
+            feats.append(
+                {
+                    "feature": f, "label": label, "n_samples": 20,
+                    "mean_max_activation": 0.0 if f == 3 else 1.0 + (label == "anger"),
+                    "auroc_vs_baseline": a if label == "anger" else np.nan,
+                    "sample_fire_rate": 0.0 if f == 3 else 0.5,
+                }
+            )  # fmt: skip
+    metrics = {"dataset": "emotion", "model": "m", "hook": "blocks.4.hook_resid_post",
+               "architecture": "topk"}  # fmt: skip
+    rows = stats.sae_family_sizes(
+        stats.sae_feature_rows(pd.DataFrame(feats), metrics, "neutral", top_n=2)
+    )
+    assert [r["setting"] for r in rows] == [
+        "architecture=topk feature=0",
+        "architecture=topk feature=2",
+    ]
+    assert all(r["n_family"] == 3 for r in rows)  # features 0, 1, 2 are live
+    r = rows[0]
+    z = (0.95 - 0.5) * 400 / math.sqrt(400 * 41 / 12)
+    assert r["statistic"] == pytest.approx(z) and r["p"] == pytest.approx(2 * sps.norm.sf(z))
+    assert r["layer"] == 4 and r["site"] == "hook_resid_post" and r["mean_baseline"] == 1.0
+    table = stats.finalize(rows)
+    assert table["p_bonferroni"].iloc[0] == pytest.approx(min(1.0, 3 * r["p"]))
+
+
+# ---------------------------------------------------------------- k selection
+def test_k_selection_picks_the_largest_excess_with_bootstrap_ci():
+    key = {"dataset": "e", "model_a": "a", "model_b": "b", "layer_a": 1, "layer_b": 2,
+           "site": "hook_resid_post", "position": "mean", "condition": "anger",
+           "method": "procrustes"}  # fmt: skip
+    overlap = {1: 0.30, 2: 0.55, 3: 0.50}  # excess over random: 0.29, 0.53, 0.47 -> k = 2
+    rand = {1: 0.01, 2: 0.02, 3: 0.03}
+    table = pd.DataFrame(
+        [{**key, "k": k, "overlap_after": overlap[k], "overlap_random_mean": rand[k],
+          "overlap_random_sd": 0.01} for k in (1, 2, 3)]
+    )  # fmt: skip
+    rows = []
+    for b in range(10):  # replicates 0-6 peak at k = 2, 7-8 at k = 3, 9 at k = 1 (below random)
+        peak = 2 if b < 7 else (3 if b < 9 else 1)
+        for k in (1, 2, 3):
+            value = 0.6 if k == peak else 0.2
+            if b == 9 and k == 2:
+                value = 0.0  # not above its random mean
+            rows.append({**key, "replicate": b, "k": k, "overlap_after": value,
+                         "overlap_random_mean": rand[k]})  # fmt: skip
+    out = stats.k_selection(table, pd.DataFrame(rows), n_random=50)
+    assert list(out.columns) == stats.K_SELECTION_COLUMNS
+    assert list(out.selected) == [False, True, False]
+    sel = out[out.selected].iloc[0]
+    assert sel.k_selected == 2 and sel.k_stability == pytest.approx(0.7)
+    assert (sel.k_ci_low, sel.k_ci_high) == (1, 3)
+    t = (0.55 - 0.02) / (0.01 * math.sqrt(51 / 50))
+    assert sel.statistic == pytest.approx(t) and sel.df == 49
+    assert sel.p_vs_random == pytest.approx(2 * sps.t.sf(t, 49))
+    assert sel.p_boot == pytest.approx((1 + 1) / 11)  # replicate 9 is not above random
+    k2 = [0.6] * 7 + [0.2, 0.2, 0.0]
+    assert sel.overlap_boot_mean == pytest.approx(np.mean(k2))
+    assert sel.overlap_ci_low == pytest.approx(np.quantile(k2, 0.025))
+    assert out[~out.selected].p_vs_random.isna().all()

@@ -80,8 +80,10 @@ def first_run(tmp_path_factory, models):
 
 def test_effect_sizes_table(first_run):
     _, _, work = first_run
-    table = pd.read_csv(work / TARGET)
-    assert list(table.columns) == stats.EFFECT_COLUMNS
+    every_phase = pd.read_csv(work / TARGET)
+    assert list(every_phase.columns) == stats.EFFECT_COLUMNS
+    assert {"vectors", "patching", "steering", "alignment", "sae"} <= set(every_phase.phase)
+    table = every_phase[every_phase.phase == "vectors"]
     assert set(table.model) == {"tiny-llama", "tiny-gemma3"}
     assert set(table.condition) == {"gratitude", "anger", "apology"}
     assert set(table.site) == {"hook_resid_pre", "hook_resid_post"}

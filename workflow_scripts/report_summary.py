@@ -1,4 +1,4 @@
-"""summary: effect_sizes.csv -> results/stats/summary.md (which effects survive BH-FDR)."""
+"""summary: effect_sizes.csv (+ power, k selection) -> results/stats/summary.md."""
 
 from pathlib import Path
 
@@ -9,8 +9,13 @@ from circuitflow.workflow import run_logged
 
 
 def main(smk):
-    table = pd.read_csv(smk.input[0])
-    Path(smk.output[0]).write_text(report.summary_markdown(table))
+    table = pd.read_csv(smk.input.effects)
+    power = pd.read_csv(smk.input.power).rename(columns=lambda c: c.replace(".", "_"))
+    k_selection = pd.read_csv(smk.input.k_selection)
+    text = report.summary_markdown(
+        table, alpha=smk.params.alpha, power=power, k_selection=k_selection
+    )
+    Path(smk.output[0]).write_text(text)
 
 
-run_logged(snakemake, main)
+run_logged(snakemake, main)  # noqa: F821

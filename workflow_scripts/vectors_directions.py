@@ -18,7 +18,8 @@ def main(smk):
     coords = store.read_sample_coords(acts)
     labels, train = coords["label"], coords["split"] == "train"
     hooks = store.activation_hooks(acts)
-    P, C, K = len(store.POSITIONS), len(conditions), p.k_max
+    positions = store.store_positions(acts)
+    P, C, K = len(positions), len(conditions), p.k_max
     out = {
         name: []
         for name in (
@@ -47,8 +48,18 @@ def main(smk):
         out["subspace"].append(comps)
         out["singular_values"].append(sing)
         out["explained_variance_ratio"].append(ratio)
+    # hooks of a CNN differ in width: zero-pad the feature axis to the widest (hook_width says
+    # how many entries are real); cosines across hooks of different widths are NaN.
+    widths = np.array([d.shape[-1] for d in out["direction"]])
+    for name in ("direction", "subspace"):
+        out[name] = [
+            np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, widths.max() - v.shape[-1])])
+            for v in out[name]
+        ]
     out = {name: np.stack(values) for name, values in out.items()}
     unit = out["direction"]  # [hook, position, condition, d_model]
+    cosine_hooks = vectors.cosine_matrix(unit.transpose(1, 2, 0, 3))
+    cosine_hooks[..., widths[:, None] != widths[None, :]] = np.nan
     dims = ["hook", "position", "condition"]
     ds = store.vectors_dataset(
         hooks,
@@ -62,10 +73,8 @@ def main(smk):
             "singular_values": ([*dims, "component"], out["singular_values"]),
             "explained_variance_ratio": ([*dims, "component"], out["explained_variance_ratio"]),
             "cosine_conditions": ([*dims, "condition_b"], vectors.cosine_matrix(unit)),
-            "cosine_hooks": (
-                ["position", "condition", "hook", "hook_b"],
-                vectors.cosine_matrix(unit.transpose(1, 2, 0, 3)),
-            ),
+            "cosine_hooks": (["position", "condition", "hook", "hook_b"], cosine_hooks),
+            "hook_width": (["hook"], widths),
         },
         attrs={
             "dataset": p.dataset,
@@ -75,6 +84,7 @@ def main(smk):
             "subspace": "uncentred full SVD of train difference vectors (sample - mean baseline); "
             "sign: mean difference projects positively",
         },
+        positions=positions,
     )
     store.write_dataset(smk.output[0], ds)
     store.write_manifest(

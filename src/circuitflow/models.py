@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FAMILIES = ("causal-lm", "vision-encoder", "vlm")
-BACKENDS = ("transformer_lens", "hf")
+BACKENDS = ("transformer_lens", "hf", "torch", "open_clip")  # torch/open_clip: vision (vision.py)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -135,6 +135,10 @@ def _load_pretrained(spec: ModelSpec, workdir: Path):
 
 def prepare_model(spec: ModelSpec, out_dir: str | os.PathLike) -> dict:
     """Write a plain HF folder (bf16 safetensors + tokenizer) for ``spec``; returns its facts."""
+    if spec.family != "causal-lm":  # vision encoders and VLMs: circuitflow.vision
+        from circuitflow.vision import prepare_vision_model
+
+        return prepare_vision_model(spec, out_dir)
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="circuitflow-gguf-") as tmp:
         model, tokenizer = _load_pretrained(spec, Path(tmp))

@@ -1,6 +1,10 @@
 """Artifact layer: the on-disk layout every phase shares, manifests and content hashes.
 
 Phases talk to each other only through the paths and array names defined here.
+
+A phase with per-unit results may also write a tidy ``measurements.csv`` (layout under
+``MEASUREMENTS_FILE`` below): the statistics phase turns every one declared in
+``rules/common.smk`` (``measurements_targets()``) into effect-size rows.
 """
 
 from __future__ import annotations
@@ -26,6 +30,20 @@ ALIGNMENT = "results/alignment/{dataset}/{model_a}__{model_b}.csv"
 PATCHING_DIR = "results/patching/{dataset}/{model}"
 STEERING_DIR = "results/steering/{dataset}/{model}"
 EFFECT_SIZES = "results/stats/effect_sizes.csv"
+POWER_ANALYSIS = "results/stats/power_analysis.csv"
+K_SELECTION = "results/stats/k_selection.csv"
+ALIGNMENT_BOOTSTRAP = "results/alignment/{dataset}/{model_a}__{model_b}.bootstrap.csv"
+# Generic per-unit measurements any phase may write (inside its artifact directory, declared
+# in rules/common.smk measurements_targets()); results/stats/effect_sizes.csv consumes them.
+# One row per measured value, columns (circuitflow.stats.MEASUREMENT_COLUMNS):
+#   phase, dataset, model, layer (int or empty), site, position, condition,
+#   setting (free "key=value ..." text naming the knobs, may be empty), metric,
+#   arm (treatment | baseline | control), unit (id of the prompt / image / pair), value.
+# Rows sharing every column but arm, unit, value form one group; stats compares treatment
+# with baseline (comparison vs_baseline) and with control (vs_random_control): paired
+# (ttest_rel, Cohen's d_z) on the units both arms share, else independent (Welch, Hedges' g).
+# Several values of one unit in an arm (e.g. control seeds) are averaged first.
+MEASUREMENTS_FILE = "measurements.csv"
 LOGS = "logs/{rule}/{key}.log"
 
 MANIFEST = "manifest.json"
@@ -38,22 +56,35 @@ SAMPLES_FILE = "samples.jsonl"
 # residuals in the group TOKENS_GROUP, dims (token, d_model), indexed by token_sample/position.
 POSITIONS = ("last", "trigger_mean", "mean")
 SITES = ("hook_resid_pre", "hook_resid_post")
+# Vision stores: CNN stage outputs are ``blocks.{i}.hook_out``; ViT towers use the residual
+# names; towers of a VLM other than the language model carry a prefix (``vision.blocks.3...``).
+VISION_SITES = ("hook_out",)
+TOWERS = ("vision",)
+VISION_POSITIONS = ("mean", "center", "max")  # pooled over the spatial grid (CNN, ViT patches)
 HEAD_SITE = "attn.hook_result"
 TOKENS_GROUP = "tokens"
 SAMPLE_COORDS = ("label", "split", "frame_id")  # plus the index coordinate "sample" (ids)
 
 
 def hook_name(layer: int, site: str) -> str:
-    """TransformerLens hook name, e.g. ``blocks.8.hook_resid_pre``."""
+    """TransformerLens hook name, e.g. ``blocks.8.hook_resid_pre``; a site with a tower prefix
+    (``vision.hook_resid_post``) names that tower's block: ``vision.blocks.8.hook_resid_post``."""
+    tower, _, rest = site.partition(".")
+    if tower in TOWERS and rest:
+        return f"{tower}.blocks.{layer}.{rest}"
     return f"blocks.{layer}.{site}"
 
 
 def parse_hook_name(name: str) -> tuple[int, str]:
-    """Inverse of :func:`hook_name`: ``blocks.8.hook_resid_pre`` -> ``(8, "hook_resid_pre")``."""
+    """Inverse of :func:`hook_name`: ``blocks.8.hook_resid_pre`` -> ``(8, "hook_resid_pre")``,
+    ``vision.blocks.2.hook_resid_post`` -> ``(2, "vision.hook_resid_post")``."""
+    tower = ""
+    if name.partition(".")[0] in TOWERS:
+        tower, _, name = name.partition(".")
     parts = name.split(".", 2)
     if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit():
         raise ValueError(f"not a block hook name: {name!r} (expected blocks.<layer>.<site>)")
-    return int(parts[1]), parts[2]
+    return int(parts[1]), f"{tower}.{parts[2]}" if tower else parts[2]
 
 
 def safe_name(name: str) -> str:
@@ -239,8 +270,11 @@ def _hook_sort_key(name: str):
     return layer, order.get(site, 3), site
 
 
-def activation_hooks(path: str | os.PathLike, sites: Iterable[str] = SITES) -> list[str]:
-    """Sample-level residual hook arrays of an activation store, in forward order."""
+def activation_hooks(
+    path: str | os.PathLike, sites: Iterable[str] = SITES + VISION_SITES
+) -> list[str]:
+    """Sample-level residual hook arrays of an activation store, in forward order (tower
+    prefixes of vision stores, e.g. ``vision.hook_resid_post``, match their bare site)."""
     import zarr
 
     sites = set(sites)
@@ -248,7 +282,8 @@ def activation_hooks(path: str | os.PathLike, sites: Iterable[str] = SITES) -> l
     names = [
         name
         for name in root.array_keys()
-        if name.startswith("blocks.") and parse_hook_name(name)[1] in sites
+        if name.startswith(("blocks.", *(f"{t}.blocks." for t in TOWERS)))
+        and parse_hook_name(name)[1].rpartition(".")[2] in sites
     ]
     return sorted(names, key=_hook_sort_key)
 
@@ -278,6 +313,7 @@ def vectors_dataset(
     coords: dict[str, np.ndarray],
     arrays: dict[str, tuple[list[str], np.ndarray]],
     attrs: dict,
+    positions: list[str] | None = None,
 ):
     """The vectors store as an xarray Dataset: ``arrays`` maps name -> (dims, values) over the
     dims hook, position, condition, component, sample, d_model (and hook_b / condition_b for
@@ -295,7 +331,7 @@ def vectors_dataset(
             "hook": hooks,
             "layer": ("hook", np.asarray(layers)),
             "site": ("hook", np.asarray(sites)),
-            "position": list(POSITIONS),
+            "position": list(POSITIONS if positions is None else positions),
             "condition": conditions,
             "sample": coords["sample"],
             **{key: ("sample", coords[key]) for key in SAMPLE_COORDS},
@@ -318,3 +354,49 @@ def open_dataset(path: str | os.PathLike, group: str | None = None):
         # manifest.json and Snakemake's .snakemake_timestamp sit beside the Zarr nodes.
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
         return xr.open_zarr(Path(path), group=group, consolidated=False)
+
+
+# ---------------------------------------------------------------- vision (images)
+IMAGES_FILE = "images.zarr"  # in a dataset dir: uint8 array "images" (sample, y, x, channel)
+PROBES_DIR = "results/vectors/{dataset}/{model}.probes"  # probes.csv + measurements.csv
+DESCRIBE = "resources/models/{model}.hooks.csv"
+
+
+def write_images(dataset_dir: str | os.PathLike, images: np.ndarray, chunk: int = 32) -> Path:
+    """Stimuli of an image dataset as one uint8 Zarr array; row i = ``image_index`` i."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must be uint8 [sample, y, x, 3], got {images.dtype} {images.shape}"
+        )
+    path = Path(dataset_dir) / IMAGES_FILE
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root.create_array(
+        "images",
+        data=images,
+        chunks=(min(chunk, len(images)), *images.shape[1:]),
+        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+        dimension_names=["sample", "y", "x", "channel"],
+    )
+    return path
+
+
+def read_images(dataset_dir: str | os.PathLike, indices=None) -> np.ndarray:
+    """uint8 [sample, y, x, 3] stimuli of an image dataset (all, or the given rows)."""
+    import zarr
+
+    arr = zarr.open_group(Path(dataset_dir) / IMAGES_FILE, mode="r")["images"]
+    return arr[...] if indices is None else arr.get_orthogonal_selection(np.asarray(indices))
+
+
+def store_positions(path: str | os.PathLike) -> list[str]:
+    """Pooled positions of an activation store (text: POSITIONS; images: VISION_POSITIONS)."""
+    import zarr
+
+    root = zarr.open_group(Path(path), mode="r")
+    if "position" in root.array_keys():
+        return [str(x) for x in root["position"][...]]
+    return list(POSITIONS)

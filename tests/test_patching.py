@@ -301,6 +301,7 @@ def test_projection_removes_the_direction_exactly(bridges, arch):
             ("project", layer): (
                 torch.as_tensor(basis[None], dtype=torch.float32),
                 torch.as_tensor(mask[None], dtype=torch.float32),
+                None,
             )
         }
         patcher.forward(torch.as_tensor(ids)[None], plan=plan, record={("resid", layer)})
@@ -337,6 +338,42 @@ def test_random_ablation_keeps_planted_direction():
     assert base > 0.95
     assert min(randoms) > 0.9  # random 3-dim ablations leave the planted direction
     assert planted < 0.65  # the planted direction itself takes the classification away
+
+
+def test_mean_ablation_keeps_a_constant_offset():
+    """Residual streams with a large constant dimension (Gemma's): zero-ablating a random
+    direction shifts every token by the same large offset and breaks a probe; mean ablation
+    sets the component to its mean and keeps the probe, while still removing the planted
+    direction's class information."""
+    rng = np.random.default_rng(7)
+    d, n = 32, 400
+    u = np.eye(d)[1]
+    offset = np.zeros(d)
+    offset[0] = 300.0  # a massive, constant residual dimension
+    y = np.r_[np.zeros(n // 2), np.ones(n // 2)].astype(int)
+    X = rng.normal(size=(n, d)) + offset + np.outer(2 * y - 1, u) * 2.0
+    train = np.arange(n) % 2 == 0
+    probe = patching.Probe.fit(X[train], y[train])
+    x = torch.as_tensor(X[~train][None], dtype=torch.float64)
+    mask = torch.ones(1, x.shape[1], dtype=torch.float64)
+    center = torch.as_tensor(X[train].mean(0), dtype=torch.float64)
+
+    def acc(basis, c):
+        b = torch.as_tensor(basis[None], dtype=torch.float64)
+        xa = patching.project_out(x, b, mask, c)[0].numpy()
+        return ((probe.prob(xa) >= 0.5) == y[~train]).mean(), xa
+
+    r = patching.random_bases(1, 1, d, 3)[0]
+    acc_zero, xa = acc(r, None)
+    shift = (xa - X[~train]).mean(0)
+    np.testing.assert_allclose(shift, -(offset @ r[0]) * r[0], atol=0.5)  # the offset moved
+    acc_mean, xa = acc(r, center)
+    assert np.abs((xa - X[~train]).mean(0)).max() < 0.3  # mean ablation: no shift
+    base, _ = acc(np.zeros((1, d)), None)
+    assert base > 0.9 and acc_mean >= base - 0.05 and acc_zero <= 0.6
+    planted, xa = acc(patching.orthonormal_rows(u[None], 1), center)
+    assert planted < 0.65
+    np.testing.assert_allclose(xa[:, 1], center[1].item())  # the component is its mean
 
 
 def test_position_masks(tiny_rows, bridges):

@@ -48,6 +48,7 @@ from circuitflow.extract import Tokenized, tokenize
 DIRECTIONS = ("clean_to_corrupted", "corrupted_to_clean")
 POSITION_SETS = ("all", "non_emotion", "punctuation")
 ABLATIONS = ("direction", "subspace", "random_direction", "random_subspace")
+ABLATION_MODES = ("mean", "zero")
 SPLITS = ("test", "train", "all")
 RESID_SITE = "hook_resid_pre"
 HEAD_SITE = "attn.hook_z"
@@ -111,6 +112,7 @@ class PatchConfig:
     random_seeds: int = 3
     position_sets: tuple[str, ...] = ("all", "non_emotion")
     probe_position: str = "last"
+    ablation_mode: str = "mean"
     mean_samples: int = 48
     min_denominator: float = 0.5
     batch_size: int = 64
@@ -141,6 +143,10 @@ class PatchConfig:
             )
         if self.min_denominator < 0:
             raise ValueError("patching.min_denominator must be >= 0")
+        if self.ablation_mode not in ABLATION_MODES:
+            raise ValueError(
+                f"patching.ablation_mode: {self.ablation_mode!r} not in {', '.join(ABLATION_MODES)}"
+            )
 
 
 # ---------------------------------------------------------------- metric
@@ -262,10 +268,17 @@ def recovery(
 
 
 # ---------------------------------------------------------------- engine
-def project_out(x: torch.Tensor, basis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def project_out(
+    x: torch.Tensor, basis: torch.Tensor, mask: torch.Tensor, center: torch.Tensor | None = None
+) -> torch.Tensor:
     """Remove from ``x [B, T, d]`` its component in the row space of the orthonormal
-    ``basis [B, k, d]`` (zero rows are no-ops) where ``mask [B, T]`` is 1."""
-    coeff = torch.einsum("btd,bkd->btk", x, basis)
+    ``basis [B, k, d]`` (zero rows are no-ops) where ``mask [B, T]`` is 1.
+
+    With ``center [d]`` the component is set to that of ``center`` instead of zero (mean
+    ablation): the part of ``x`` that is constant across tokens is kept, which matters for
+    models with large constant residual dimensions, where zeroing even a random direction
+    moves every token by the same large offset."""
+    coeff = torch.einsum("btd,bkd->btk", x if center is None else x - center, basis)
     return x - mask.unsqueeze(-1) * torch.einsum("btk,bkd->btd", coeff, basis)
 
 
@@ -275,9 +288,9 @@ class Patcher:
 
     Plan keys (all optional; positions are absolute, rows index the batch):
     ``("resid", layer)``: ``(rows, positions, values [n, d_model])`` set at hook_resid_pre;
-    ``("project", layer)``: ``(basis [B, k, d_model], mask [B, T])`` projected out at
-    hook_resid_pre (after any set); ``("z", layer)``: ``(rows, positions, heads, values
-    [n, d_head])`` set at attn.hook_z.
+    ``("project", layer)``: ``(basis [B, k, d_model], mask [B, T], center [d_model] | None)``
+    projected out at hook_resid_pre (after any set; ``center``: mean ablation);
+    ``("z", layer)``: ``(rows, positions, heads, values [n, d_head])`` set at attn.hook_z.
     """
 
     def __init__(
@@ -341,9 +354,11 @@ class Patcher:
             rows, pos, values = edit
             x[rows, pos - self.offset] = values.to(x.dtype)
         if proj is not None:
-            basis, mask = proj
+            basis, mask, center = proj
             dtype = x.dtype
-            x = project_out(x.float(), basis, mask[:, self.offset : self.offset + x.shape[1]])
+            x = project_out(
+                x.float(), basis, mask[:, self.offset : self.offset + x.shape[1]], center
+            )
             x = x.to(dtype)
         if ("resid", layer) in self.record:
             self.recorded[("resid", layer)] = x.detach().float().clone()
@@ -956,9 +971,13 @@ def run_final(
     layers: Sequence[int] = (),
     bases: Sequence[np.ndarray] | None = None,
     masks: Sequence[np.ndarray] | None = None,
+    centers: Mapping[int, np.ndarray] | None = None,
+    record: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Final-layer pooled residual ``[n, d]`` and readout logits for one batch, with the
-    per-row ``bases[i] [n_layers, k, d]`` projected out at ``layers`` where ``masks[i]``."""
+    per-row ``bases[i] [n_layers, k, d]`` projected out at ``layers`` where ``masks[i]``
+    (to the component of ``centers[layer]`` when given: mean ablation). Residuals at the
+    ``record`` layers are left in ``patcher.recorded``."""
     ids, lengths = pad_batch([t.ids for t in toks], pad_id)
     B, T = ids.shape
     dev = patcher.device
@@ -976,9 +995,16 @@ def run_final(
         stacked_t = torch.as_tensor(stacked, dtype=torch.float32, device=dev)
         mask_t = torch.as_tensor(mask, dtype=torch.float32, device=dev)
         for j, layer in enumerate(layers):
-            plan[("project", layer)] = (stacked_t[:, j], mask_t)
+            center = None
+            if centers is not None:
+                center = torch.as_tensor(centers[layer], dtype=torch.float32, device=dev)
+            plan[("project", layer)] = (stacked_t[:, j], mask_t, center)
     logits = patcher.forward(
-        ids, lengths, plan=plan, pool=torch.as_tensor(pool, dtype=torch.float32, device=dev)
+        ids,
+        lengths,
+        plan=plan,
+        record={("resid", layer) for layer in record},
+        pool=torch.as_tensor(pool, dtype=torch.float32, device=dev),
     )
     return patcher.pooled.cpu().numpy(), logits.cpu().numpy()
 
@@ -997,20 +1023,37 @@ def directional_ablation(
     tokenizer,
     batch_size: int = 64,
     progress=None,
+    mode: str = "mean",
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Per test sample x condition x ablation x position set: probe probability of the
     condition and lean, beside the unablated baseline (rows with ``ablation == "none"``).
-    Returns the table and the unablated pooled features (for checks)."""
+
+    ``mode="mean"`` sets the ablated component to its mean over the samples' tokens (BOS
+    excluded) at each layer; ``"zero"`` projects it out. Returns the table and the unablated
+    pooled features (for checks)."""
+    if mode not in ABLATION_MODES:
+        raise PatchingError(f"patching.ablation_mode: {mode!r} not in {', '.join(ABLATION_MODES)}")
     cond_index = {c: i for i, c in enumerate(metric.conditions)}
     order = sorted(range(len(samples)), key=lambda i: (len(toks[samples[i]["sample_id"]].ids), i))
     feats = np.zeros((len(samples), patcher.d_model))
     leans_base = np.zeros((len(samples), len(metric.conditions)))
+    sums = {layer: torch.zeros(patcher.d_model, dtype=torch.float64) for layer in layers}
+    n_tok = 0
     for chunk in _chunks(order, batch_size):
-        f, lg = run_final(
-            patcher, [toks[samples[i]["sample_id"]] for i in chunk], pad_id, probe_position
-        )
+        ts = [toks[samples[i]["sample_id"]] for i in chunk]
+        f, lg = run_final(patcher, ts, pad_id, probe_position, record=layers)
         feats[chunk] = f
         leans_base[chunk] = lean(lg, metric)
+        valid = torch.zeros(len(ts), max(len(t.ids) for t in ts))
+        for row, t in enumerate(ts):
+            valid[row, t.first : len(t.ids)] = 1
+        n_tok += int(valid.sum())
+        for layer in layers:
+            x = patcher.recorded[("resid", layer)].cpu().double()
+            sums[layer] += torch.einsum("bt,btd->d", valid.double(), x)
+    centers = None
+    if mode == "mean":
+        centers = {layer: (sums[layer] / max(n_tok, 1)).float().numpy() for layer in layers}
     out = []
     for c, abls in ablations.items():
         ci = cond_index[c]
@@ -1037,6 +1080,7 @@ def directional_ablation(
                 layers,
                 [abls[a].bases for _, a, _ in chunk],
                 masks,
+                centers,
             )
             probs = probes[c].prob(f)
             leans_ = lean(lg, metric)[:, ci]
@@ -1325,6 +1369,7 @@ def run_patching(
             tokenizer,
             cfg.batch_size,
             bar,
+            cfg.ablation_mode,
         )
         bar.close()
         timings["ablation_s"] = time.time() - t

@@ -47,4 +47,5 @@ rule all:
         rules.plot_patching.output,
         rules.plot_alignment.output,
         rules.plot_sae.output,
+        rules.plot_vision.output,
     default_target: True

@@ -62,6 +62,37 @@ def probes_targets():
     ]
 
 
+def vision_patching_targets():
+    return [
+        f"{store.PATCHING_DIR.format(dataset=d, model=m)}/{store.MEASUREMENTS_FILE}"
+        for d in IMAGE_DATASETS
+        for m in VISION_MODELS
+    ]
+
+
+def vision_steering_targets():
+    return [
+        f"{store.STEERING_DIR.format(dataset=d, model=m)}/{store.MEASUREMENTS_FILE}"
+        for d in IMAGE_DATASETS
+        for m in VISION_MODELS
+    ]
+
+
+def vision_report_inputs():
+    """Tables and datasets the vision plots read (rules/report.smk plot_vision)."""
+    pairs = [(d, m) for d in IMAGE_DATASETS for m in VISION_MODELS]
+    return {
+        "probes": [f"{store.PROBES_DIR.format(dataset=d, model=m)}/probes.csv" for d, m in pairs],
+        "datasets": [store.DATASET_DIR.format(dataset=d) for d in IMAGE_DATASETS],
+        "patching": [
+            f"{store.PATCHING_DIR.format(dataset=d, model=m)}/recovery.csv" for d, m in pairs
+        ],
+        "steering": [
+            f"{store.STEERING_DIR.format(dataset=d, model=m)}/samples.csv" for d, m in pairs
+        ],
+    }
+
+
 def image_sources(wildcards):
     """Files and folders an image dataset reads (builtin photographs need none)."""
     entry = dataset_entry(wildcards.dataset)
@@ -145,7 +176,8 @@ def steering_targets():
 
 # measurements.csv files (store.MEASUREMENTS_FILE layout) that effect_sizes consumes: a phase
 # that writes one appends a function returning its paths (each under results/<phase>/).
-MEASUREMENT_SOURCES = [probes_targets]  # vision probes (rules/vectors.smk)
+# vision probes (rules/vectors.smk), vision patching / steering (rules/patching.smk, steering.smk)
+MEASUREMENT_SOURCES = [probes_targets, vision_patching_targets, vision_steering_targets]
 
 
 def measurements_targets():

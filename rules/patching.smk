@@ -31,3 +31,41 @@ rule patch_model:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/patching_model.py"
+
+
+# ---- vision ----
+rule patch_vision:
+    """Patch the original photo's activations (the attribute direction's component, or the
+    whole hook output) into its poor variants at each hook up to the readout; recovery of the
+    attribute probe's readout vs random-direction controls."""
+    input:
+        dataset=store.DATASET_DIR,
+        model=store.MODEL_DIR,
+        activations=store.ACTIVATIONS,
+        vectors=store.VECTORS,
+        probes=f"{store.PROBES_DIR}/probes.csv",
+    output:
+        recovery=f"{store.PATCHING_DIR}/recovery.csv",
+        measurements=f"{store.PATCHING_DIR}/{store.MEASUREMENTS_FILE}",
+    wildcard_constraints:
+        dataset=_only(IMAGE_DATASETS),
+        model=_only(VISION_MODELS),
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        dtype=lambda wc: model_entry(wc.model)["dtype"],
+        device=lambda wc: model_entry(wc.model)["device"],
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        vision=config["vision"],
+        seed=config["seed"],
+    log:
+        "logs/patch_vision/{dataset}/{model}.log",
+    # half the cores each, so patching and steering of a model run side by side
+    threads: max(1, workflow.cores // 2)
+    resources:
+        mem_mb=4000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/patching_vision.py"

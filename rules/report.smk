@@ -151,3 +151,24 @@ rule plot_sae:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/report_sae.py"
+
+
+# ---- vision ----
+rule plot_vision:
+    """Probe score by layer, stimulus grids, patching recovery and steering shift by layer."""
+    input:
+        **vision_report_inputs(),
+    output:
+        report(
+            directory("results/plots/vision"),
+            patterns=["{name}.png"],
+            caption="captions/vision.rst",
+            category="Vision",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        "logs/plots/vision.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/report_vision.py"

@@ -33,3 +33,40 @@ rule steer_sweep:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/steering_sweep.py"
+
+
+# ---- vision ----
+rule steer_vision:
+    """Add alpha x the attribute direction (towards the original) at hooks before the readout
+    to each poor variant; shift of the attribute probe's readout vs random directions."""
+    input:
+        dataset=store.DATASET_DIR,
+        model=store.MODEL_DIR,
+        activations=store.ACTIVATIONS,
+        vectors=store.VECTORS,
+        probes=f"{store.PROBES_DIR}/probes.csv",
+    output:
+        samples=f"{store.STEERING_DIR}/samples.csv",
+        measurements=f"{store.STEERING_DIR}/{store.MEASUREMENTS_FILE}",
+    wildcard_constraints:
+        dataset=_only(IMAGE_DATASETS),
+        model=_only(VISION_MODELS),
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        dtype=lambda wc: model_entry(wc.model)["dtype"],
+        device=lambda wc: model_entry(wc.model)["device"],
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        vision=config["vision"],
+        seed=config["seed"],
+    log:
+        "logs/steer_vision/{dataset}/{model}.log",
+    # half the cores each, so patching and steering of a model run side by side
+    threads: max(1, workflow.cores // 2)
+    resources:
+        mem_mb=4000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/steering_vision.py"

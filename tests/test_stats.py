@@ -71,6 +71,12 @@ def test_cohens_dz_and_paired_test_closed_form():
 def test_compare_paired_rejects_constant_differences():
     with pytest.raises(ValueError, match="every paired difference is the same"):
         stats.compare_paired([1.0, 2.0, 3.0], [0.0, 1.0, 2.0], seed=0)
+    # a recovery of 1 computed in float32: spread 1e-7 is rounding, not variation
+    ones = np.array([1.0, 1.0 + 1e-7, 1.0 - 1e-7, 1.0 + 2e-7])
+    with pytest.raises(ValueError, match="up to float rounding"):
+        stats.compare_paired(ones, np.zeros(4), seed=0)
+    with pytest.raises(ValueError, match="no variation within either arm"):
+        stats.compare_independent(ones, ones - 0.5, seed=0)
     with pytest.raises(ValueError, match="paired arms differ in length: 3 and 2"):
         stats.compare_paired([1.0, 2.0, 3.0], [0.0, 1.0], seed=0)
 

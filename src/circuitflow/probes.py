@@ -148,6 +148,19 @@ def fit_regression_probe(
     )
 
 
+def readout_weights(
+    x_train: np.ndarray, y_train: np.ndarray, alpha: float
+) -> tuple[np.ndarray, float]:
+    """The ridge probe of :func:`fit_regression_probe` at a given penalty as a linear readout
+    of RAW features: ``prediction = x @ w + b``; x [n, d], y [n] -> (w [d], b)."""
+    x_train = np.asarray(x_train, np.float64)
+    xs, _, sd = _standardize(x_train, x_train[:1])
+    w, b = _ridge_fit(xs, np.asarray(y_train, np.float64)[:, None], alpha)
+    mu = x_train.mean(0)
+    w_raw = w[:, 0] / sd
+    return w_raw, float(b[0] - mu @ w_raw)
+
+
 def fit_classification_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,

@@ -154,6 +154,15 @@ def _bca(data: tuple, statistic, seed: int, n_resamples: int, level: float, pair
     return low, high
 
 
+# Spread below this fraction of the values' magnitude is float rounding (e.g. a recovery of
+# exactly 1 computed in float32), not variation: effect sizes would be ~1e6 and meaningless.
+RELATIVE_PRECISION = 1e-5
+
+
+def _no_spread(x: np.ndarray, scale: float) -> bool:
+    return bool(np.std(x) <= RELATIVE_PRECISION * max(scale, np.finfo(float).tiny))
+
+
 def _check(*arms, minimum: int = 2):
     if any(len(a) < minimum for a in arms):
         raise ValueError(
@@ -175,6 +184,9 @@ def compare_independent(
     t = np.asarray(treatment, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
     _check(t, b)
+    scale = max(np.abs(t).max(), np.abs(b).max())
+    if _no_spread(t, scale) and _no_spread(b, scale):
+        raise ValueError("no variation within either arm (up to float rounding): g is undefined")
     welch = sps.ttest_ind(t, b, equal_var=False)
     low, high = _bca((t, b), hedges_g, seed, n_resamples, confidence_level)
     y = np.r_[np.ones(len(t)), np.zeros(len(b))]
@@ -213,8 +225,11 @@ def compare_paired(
         raise ValueError(f"paired arms differ in length: {len(t)} and {len(b)}")
     _check(t, b)
     diff = t - b
-    if np.ptp(diff) == 0:
-        raise ValueError("every paired difference is the same: d_z and the t test are undefined")
+    if _no_spread(diff, max(np.abs(t).max(), np.abs(b).max())):
+        raise ValueError(
+            "every paired difference is the same (up to float rounding): d_z and the t test "
+            "are undefined"
+        )
     res = sps.ttest_rel(t, b)
     low, high = _bca((diff,), cohens_dz, seed, n_resamples, confidence_level)
     return {
@@ -492,13 +507,16 @@ def separation_rows(
                     continue
                 if not np.isfinite(values[treat | base]).all() or np.ptp(values[treat | base]) == 0:
                     continue
-                result = compare_independent(
-                    values[treat],
-                    values[base],
-                    seed=seed,
-                    n_resamples=n_resamples,
-                    confidence_level=confidence_level,
-                )
+                try:
+                    result = compare_independent(
+                        values[treat],
+                        values[base],
+                        seed=seed,
+                        n_resamples=n_resamples,
+                        confidence_level=confidence_level,
+                    )
+                except ValueError:  # no variation up to float rounding
+                    continue
                 rows.append(
                     {
                         "phase": "vectors",

@@ -1,0 +1,250 @@
+"""Vision patching and steering on constructed inputs: a tiny CNN built in-process with known
+weights, readouts and directions (no weights from disk)."""
+
+import numpy as np
+import pytest
+import torch
+
+from circuitflow import patching_vision as pv
+from circuitflow import probes, store, vision
+from circuitflow import steering_vision as sv
+
+D, SIZE = 6, 8
+
+
+class TinyCNN(torch.nn.Module):
+    """Three 1x1-conv blocks (channels D) after a fixed 3 -> D stem; ``linear`` = identity
+    blocks (no nonlinearity), else random convs with tanh."""
+
+    def __init__(self, linear: bool = False, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.stem = torch.nn.Conv2d(3, D, 1, bias=False)
+        self.stem.weight.data = torch.randn(D, 3, 1, 1, generator=g)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(3):
+            conv = torch.nn.Conv2d(D, D, 1)
+            if linear:
+                conv.weight.data = torch.eye(D).view(D, D, 1, 1)
+                conv.bias.data.zero_()
+            else:
+                conv.weight.data = torch.randn(D, D, 1, 1, generator=g) / D**0.5
+                conv.bias.data = torch.randn(D, generator=g) * 0.1
+            self.blocks.append(torch.nn.Sequential(conv) if linear else _Tanh(conv))
+
+    def extract_features(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class _Tanh(torch.nn.Module):
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x))
+
+
+def _vm(linear=False) -> vision.VisionModel:
+    net = TinyCNN(linear).eval()
+    hooks = [
+        vision.HookPoint(store.hook_name(i, "hook_out"), b, "cnn", f"block {i}")
+        for i, b in enumerate(net.blocks)
+    ]
+    return vision.VisionModel("tiny-cnn", "torch", net, SIZE, (0.5,) * 3, (0.25,) * 3, hooks)
+
+
+def _images(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _pairs(n_pairs=2, attribute="exposure"):
+    # image 2k is the poor variant of photo k, image 2k + 1 its original
+    return [
+        pv.Pair(f"p{k}.poor", f"p{k}", attribute, -1.0 if k % 2 == 0 else 1.0, 2 * k, 2 * k + 1)
+        for k in range(n_pairs)
+    ]
+
+
+def _readout(hook="blocks.2.hook_out", w=None, attribute="exposure"):
+    w = np.random.default_rng(1).standard_normal(D) if w is None else np.asarray(w, float)
+    return {attribute: pv.Readout(attribute, hook, "mean", w, 0.3, 1.0, 0.9)}
+
+
+def test_full_patch_reproduces_the_good_readout_at_every_hook():
+    vm = _vm(linear=False)
+    hooks = vm.hook_names()
+    cfg = pv.VisionPatchConfig(attributes=("exposure",), modes=("full",), random_seeds=1)
+    rows = pv.run_patching(vm, _images(), _pairs(), _readout(), {}, hooks, cfg)
+    treated = [r for r in rows if r["arm"] == "treatment"]
+    assert len(treated) == len(hooks) * 2
+    for r in treated:
+        assert r["r_good"] != pytest.approx(r["r_poor"])
+        assert r["r_patched"] == pytest.approx(r["r_good"], abs=1e-9, rel=1e-6)
+        assert r["recovery"] == pytest.approx(1.0, abs=1e-5)
+    control = [r for r in rows if r["arm"] == "control"]
+    assert len(control) == len(treated)
+    assert all(abs(r["recovery"] - 1.0) > 1e-3 for r in control)
+
+
+def test_direction_patch_recovers_exactly_what_lies_along_the_direction():
+    vm = _vm(linear=True)  # readout = mean-pooled activation . w, blocks are identities
+    images = _images()
+    runner = pv.Runner(vm, "blocks.2.hook_out")
+    x = runner.read(runner.pixels(images)).astype(np.float64)
+    u = (x[1] - x[0]) / np.linalg.norm(x[1] - x[0])  # pooled difference of pair 0
+    w = u  # the readout reads along u only
+    cfg = pv.VisionPatchConfig(attributes=("exposure",), modes=("direction",), random_seeds=1)
+    rows = pv.run_patching(
+        vm,
+        images,
+        _pairs(1),
+        _readout(w=w),
+        {("blocks.0.hook_out", "exposure"): u},
+        ["blocks.0.hook_out"],
+        cfg,
+    )
+    (treated,) = [r for r in rows if r["arm"] == "treatment"]
+    assert treated["recovery"] == pytest.approx(1.0, abs=1e-4)
+    (control,) = [r for r in rows if r["arm"] == "control"]
+    assert abs(control["recovery"]) < 1.0
+
+
+def test_zero_alpha_steering_reproduces_the_unsteered_readout():
+    vm = _vm(linear=False)
+    cfg = sv.VisionSteerConfig(layers=(0,), alphas_relative=(0.0,), random_seeds=(0,))
+    u = np.ones(D) / D**0.5
+    rows = sv.run_steering(
+        vm,
+        _images(),
+        _pairs(),
+        _readout(),
+        {("blocks.0.hook_out", "exposure"): u},
+        ["blocks.0.hook_out"],
+        {"blocks.0.hook_out": 5.0},
+        cfg,
+    )
+    assert len(rows) == 2 * 2  # pairs x (attribute + one random direction)
+    for r in rows:
+        assert r["r_steered"] == pytest.approx(r["r_poor"], abs=1e-12)
+        assert r["readout_shift"] == 0.0
+
+
+def test_planted_direction_steers_the_readout_in_the_planted_sign():
+    vm = _vm(linear=True)
+    planted = np.zeros(D)
+    planted[2] = 1.0
+    readout = _readout(w=planted)  # the readout's level is the planted coordinate
+    cfg = sv.VisionSteerConfig(layers=(0,), alphas_relative=(0.5,), random_seeds=(0, 1))
+    norm = 4.0
+    rows = sv.run_steering(
+        vm,
+        _images(),
+        _pairs(2),
+        readout,
+        {("blocks.0.hook_out", "exposure"): planted},
+        ["blocks.0.hook_out"],
+        {"blocks.0.hook_out": norm},
+        cfg,
+    )
+    treated = [r for r in rows if r["arm"] == "treatment"]
+    for r in treated:
+        # towards the original: level -1 is pushed up the planted axis, level +1 down
+        assert np.sign(r["r_steered"] - r["r_poor"]) == -np.sign(r["level"])
+        assert r["readout_shift"] == pytest.approx(0.5 * norm, rel=1e-5)
+    control = [r for r in rows if r["arm"] == "control"]
+    assert all(abs(r["readout_shift"]) < 0.5 * norm for r in control)
+    m = sv.measurement_rows(rows, "d", "tiny-cnn", "mean")
+    assert {r["arm"] for r in m} == {"treatment", "control", "baseline"}
+    assert all(r["metric"] == "readout_shift" and r["phase"] == "steering" for r in m)
+
+
+def test_readout_weights_reproduce_the_probe_on_raw_features():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5)) * [1, 2, 3, 4, 5] + 7
+    y = x @ [0.5, -1, 0, 0.2, 0] + rng.standard_normal(40) * 0.1
+    w, b = probes.readout_weights(x, y, alpha=1.0)
+    xs, _, _ = probes._standardize(x, x[:1])
+    ws, bs = probes._ridge_fit(xs, y[:, None], 1.0)
+    np.testing.assert_allclose(x @ w + b, (xs @ ws + bs)[:, 0], rtol=1e-10, atol=1e-10)
+
+
+def test_select_pairs_extreme_levels_of_the_split_against_the_unjittered_original():
+    rows = []
+    for s, split in (("a", "test"), ("b", "train")):
+        for k, (label, attr, level) in enumerate(
+            [
+                ("original", "original", 0.0),
+                ("original", "original", 0.0),
+                ("exposure_low", "exposure", -2.0),
+                ("exposure_low", "exposure", -1.0),
+                ("exposure_high", "exposure", 1.0),
+                ("exposure_high", "exposure", 2.0),
+            ]
+        ):
+            rows.append(
+                {
+                    "sample_id": f"{s}.{k}",
+                    "label": label,
+                    "frame_id": s,
+                    "split": split,
+                    "attribute": attr,
+                    "level": level,
+                    "image_index": len(rows),
+                }
+            )
+    pairs = pv.select_pairs(rows, ["exposure"], split="test", levels="extreme")
+    assert [(p.unit, p.level, p.good) for p in pairs] == [("a.2", -2.0, 0), ("a.5", 2.0, 0)]
+    assert len(pv.select_pairs(rows, ["exposure"], split="all", levels="all")) == 8
+    with pytest.raises(pv.VisionPatchingError, match="vision.split"):
+        pv.select_pairs(rows, ["exposure"], split="val")
+
+
+def test_attribute_direction_points_from_low_to_high():
+    unit = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0]])
+    norm = np.array([2.0, 1.0, 5.0])
+    u = pv.attribute_direction(unit, norm, ["exposure_high", "exposure_low", "tilt"], "exposure")
+    np.testing.assert_allclose(u, [1, 0, 0])
+    np.testing.assert_allclose(
+        pv.attribute_direction(unit, norm, ["a", "b", "tilt"], "tilt"), [0, 1, 0]
+    )
+    with pytest.raises(pv.VisionPatchingError, match="contrast"):
+        pv.attribute_direction(unit, norm, ["exposure_high", "exposure_low", "tilt"], "contrast")
+
+
+def test_hook_selection_and_recovery_helpers():
+    hooks = [f"blocks.{i}.hook_out" for i in range(17)]
+    assert pv.readout_hook(hooks, 0.8) == "blocks.13.hook_out"
+    assert pv.readout_hook(hooks, "blocks.4.hook_out") == "blocks.4.hook_out"
+    with pytest.raises(pv.VisionPatchingError, match="vision.readout"):
+        pv.readout_hook(hooks, "blocks.40.hook_out")
+    assert pv.select_hooks(hooks[:5], "all") == hooks[:5]
+    assert pv.select_hooks(hooks[:14], 3) == [hooks[0], hooks[6], hooks[13]]
+    assert sv.steer_hooks(hooks, hooks[13], [0.0, 0.5, 1.0]) == [hooks[0], hooks[6], hooks[12]]
+    with pytest.raises(pv.VisionPatchingError, match="vision.steering.layers"):
+        sv.steer_hooks(hooks, hooks[13], [13])
+    np.testing.assert_allclose(
+        pv.recovery([1.0, 0.5, 2.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]), [1, 0.5, np.nan]
+    )
+
+
+def test_edit_tokens_leaves_the_vit_cls_token_alone():
+    out = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    new = pv.edit_tokens("vit", (out, None), lambda t: t * 0)
+    assert isinstance(new, tuple) and new[1] is None
+    torch.testing.assert_close(new[0][:, 0], out[:, 0])
+    assert new[0][:, 1:].abs().sum() == 0
+
+
+def test_description_hooks_stay_in_the_vision_tower():
+    hooks = ["vision.blocks.0.hook_resid_post", "vision.blocks.1.hook_resid_post"] + [
+        f"blocks.{i}.hook_resid_post" for i in range(3)
+    ]
+    readout = hooks[-1]
+    assert sv.description_hooks(hooks, [hooks[0], hooks[3]], readout) == [hooks[0]]
+    assert sv.description_hooks(hooks, [hooks[2], hooks[3]], readout) == [hooks[1]]
+    assert sv.description_hooks(hooks[2:], hooks[2:4], readout) == []

@@ -1,0 +1,104 @@
+"""steer_vision: model + image activations + vectors + probes -> results/steering/{dataset}/
+{model}/ (samples.csv: readout shift per pair x hook x alpha x direction; measurements.csv:
+the same as per-pair measurements for effect_sizes)."""
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from circuitflow import patching_vision as pv
+from circuitflow import steering_vision as sv
+from circuitflow import store, vision
+from circuitflow.workflow import run_logged
+
+DESCRIPTIONS = "descriptions.csv"
+
+
+def main(smk):
+    p = smk.params
+    pcfg = pv.VisionPatchConfig.from_config(p.vision)
+    cfg = sv.VisionSteerConfig.from_config(p.vision)
+    acts = smk.input.activations
+    vm = vision.load_vision_model(smk.input.model, p.model, dtype=p.dtype, device=p.device)
+    hooks = pv.forward_hooks(vm, acts)
+    readout = pv.readout_hook(hooks, pcfg.readout, p.model)
+    readouts = pv.load_readouts(
+        acts, smk.input.probes, pcfg.attributes, readout, pcfg.position, p.baseline
+    )
+    rows = store.read_samples(smk.input.dataset)
+    pairs = pv.select_pairs(rows, pcfg.attributes, pcfg.split, pcfg.levels, p.baseline)
+    if not pairs:
+        raise pv.VisionPatchingError(
+            f"dataset {p.dataset!r}: no (poor, original) pairs of {list(pcfg.attributes)} in "
+            f"split {pcfg.split!r}; set vision.split: all or add the attributes' labels"
+        )
+    steer = sv.steer_hooks(hooks, readout, cfg.layers)
+    directions = pv.store_directions(smk.input.vectors, steer, pcfg.attributes, cfg.position)
+    train = store.read_array(acts, "split") == "train"
+    norms = {h: sv.mean_pooled_norm(store.read_array(acts, h), train, cfg.position) for h in steer}
+    images = store.read_images(smk.input.dataset)
+    start = time.perf_counter()
+    table = sv.run_steering(
+        vm, images, pairs, readouts, directions, steer, norms, cfg, p.seed, all_hooks=hooks
+    )
+    seconds = round(time.perf_counter() - start, 1)
+    t = pd.DataFrame(table)
+    t.insert(0, "model", p.model)
+    t.insert(0, "dataset", p.dataset)
+    t.to_csv(smk.output.samples, index=False, float_format="%.6g")
+    measured = sv.measurement_rows(table, p.dataset, p.model, cfg.position)
+    described = Path(smk.output.samples).with_name(DESCRIPTIONS)
+    described.unlink(missing_ok=True)
+    if cfg.describe_tokens and vm.backend == "hf":
+        tower = sv.description_hooks(hooks, steer, readout)
+        if tower:
+            tower_dirs = pv.store_directions(
+                smk.input.vectors, tower, pcfg.attributes, cfg.position
+            )
+            tower_norms = {
+                h: sv.mean_pooled_norm(store.read_array(acts, h), train, cfg.position)
+                for h in tower
+            }
+            prompt = sv.prompt_ids(smk.input.model, cfg.describe_prompt)
+            rows_d = sv.run_descriptions(
+                vm,
+                images,
+                pairs,
+                tower_dirs,
+                tower,
+                tower_norms,
+                cfg,
+                cfg.describe_tokens,
+                prompt,
+                p.seed,
+                all_hooks=hooks,
+            )
+            d = pd.DataFrame(rows_d)
+            d.insert(0, "model", p.model)
+            d.insert(0, "dataset", p.dataset)
+            d.to_csv(described, index=False, float_format="%.6g")
+            measured += sv.description_measurement_rows(rows_d, p.dataset, p.model, cfg.position)
+    m = pd.DataFrame(measured)
+    m.to_csv(smk.output.measurements, index=False, float_format="%.6g")
+    summary = t.groupby(["arm", "attribute", "alpha", "layer"])["gap_closed"].median()
+    print(summary.unstack("layer").round(2).to_string())
+    store.write_manifest(
+        Path(smk.output.samples).parent,
+        kind="steering_vision",
+        inputs={
+            "dataset": smk.input.dataset,
+            "model": smk.input.model,
+            "activations": acts,
+            "vectors": smk.input.vectors,
+            "probes": smk.input.probes,
+        },
+        params={"dataset": p.dataset, "model": p.model, "vision": p.vision},
+        seeds={"controls": p.seed},
+        extra={
+            "summary": {"readout": readout, "pairs": len(pairs), "hooks": steer, "seconds": seconds}
+        },
+    )
+
+
+run_logged(snakemake, main)  # noqa: F821

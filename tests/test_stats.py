@@ -244,6 +244,10 @@ def test_power_matches_cohen_1988_tables():
     # paired / one-sample d_z = 0.5 -> 34 pairs (G*Power: 34)
     assert math.ceil(stats.n_needed(0.5, "paired")) == 34
     assert stats.power_paired(0.5, 34) == pytest.approx(0.808, abs=0.005)
+    # huge noncentrality: statsmodels' noncentral t gives NaN there; power is 1 to 1e-12
+    assert stats.power_independent(2.37, 105, 105) == pytest.approx(1.0, abs=1e-12)
+    assert stats.power_paired(40.0, 8) == pytest.approx(1.0, abs=1e-12)
+    assert stats.power_independent(1.0, 105, 105) == pytest.approx(0.99999992, abs=1e-7)
 
 
 def _effect_row(**override):

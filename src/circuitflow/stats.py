@@ -861,22 +861,33 @@ POWER_COLUMNS = [
 ]
 
 
+def _normal_power(nc: float, df: float, alpha: float) -> float:
+    """Two-sided power from the normal approximation of the noncentral t (used only where
+    statsmodels' noncentral t returns NaN, i.e. at very large noncentrality, power ~1)."""
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    return float(sps.norm.sf(crit - nc) + sps.norm.cdf(-crit - nc))
+
+
 def power_paired(d: float, n: int, alpha: float = 0.05) -> float:
     """Power of a two-sided paired (one-sample) t test at effect d_z and n pairs."""
     from statsmodels.stats.power import TTestPower
 
-    return float(TTestPower().power(effect_size=d, nobs=n, alpha=alpha, alternative="two-sided"))
+    power = TTestPower().power(effect_size=d, nobs=n, alpha=alpha, alternative="two-sided")
+    if not np.isfinite(power):
+        power = _normal_power(d * math.sqrt(n), n - 1, alpha)
+    return float(power)
 
 
 def power_independent(d: float, n1: int, n2: int, alpha: float = 0.05) -> float:
     """Power of a two-sided two-sample t test at effect d with n1 and n2 per group."""
     from statsmodels.stats.power import TTestIndPower
 
-    return float(
-        TTestIndPower().power(
-            effect_size=d, nobs1=n1, ratio=n2 / n1, alpha=alpha, alternative="two-sided"
-        )
+    power = TTestIndPower().power(
+        effect_size=d, nobs1=n1, ratio=n2 / n1, alpha=alpha, alternative="two-sided"
     )
+    if not np.isfinite(power):
+        power = _normal_power(d * math.sqrt(n1 * n2 / (n1 + n2)), n1 + n2 - 2, alpha)
+    return float(power)
 
 
 def n_needed(d: float, design: str, alpha: float = 0.05, power: float = 0.8) -> float:

@@ -248,3 +248,149 @@ def test_description_hooks_stay_in_the_vision_tower():
     assert sv.description_hooks(hooks, [hooks[0], hooks[3]], readout) == [hooks[0]]
     assert sv.description_hooks(hooks, [hooks[2], hooks[3]], readout) == [hooks[1]]
     assert sv.description_hooks(hooks[2:], hooks[2:4], readout) == []
+
+
+# ---------------------------------------------------------------- CLIP prompt readout
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """The tiny random open_clip ViT of test_vision.py, with the text vocabulary of open_clip's
+    BPE tokenizer (so prompts tokenize into its range); prepared and loaded."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from circuitflow import models
+
+    torch.manual_seed(0)
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 3,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 8,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    model = open_clip.CLIP(**cfg)
+    src = tmp_path_factory.mktemp("tiny-clip-text-src")
+    (src / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        src / "open_clip_model.safetensors",
+    )
+    out = tmp_path_factory.mktemp("tiny-clip-text")
+    spec = models.ModelSpec("tiny-clip", str(src), family="vision-encoder", backend="open_clip")
+    models.prepare_model(spec, out)
+    return out, vision.load_vision_model(out, "tiny-clip")
+
+
+def _clip_images(n=4, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_clip_prompt_readout_equals_open_clip_by_hand(tiny_clip):
+    import open_clip
+
+    model_dir, vm = tiny_clip
+    clip = pv.load_clip_readout(vm, model_dir, pv.DEFAULT_CLIP_PROMPTS, ["exposure"])
+    image = _clip_images(1)
+    runner = pv.Runner(vm, vm.hooks[-1].name)
+    got = clip(runner.embed(runner.pixels(image)), ["exposure"])
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
+    low, high = pv.DEFAULT_CLIP_PROMPTS["exposure"]
+    with torch.no_grad():
+        text = vm.module.encode_text(tokenizer([low, high]), normalize=True)
+        img = vm.module.encode_image(vm.preprocess(image), normalize=True)
+    want = (img @ text[1] - img @ text[0]).numpy()
+    assert got.shape == (1,)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_full_patch_of_the_final_hook_recovers_the_clip_readout_exactly(tiny_clip):
+    model_dir, vm = tiny_clip
+    final = vm.hooks[-1].name
+    clip = pv.load_clip_readout(vm, model_dir, pv.DEFAULT_CLIP_PROMPTS, ["exposure"])
+    w = np.random.default_rng(1).standard_normal(32)
+    probe = {"exposure": pv.Readout("exposure", final, "mean", w, 0.3, 1.0, 0.9)}
+    cfg = pv.VisionPatchConfig(
+        attributes=("exposure",), modes=("full",), random_seeds=1, min_gap=0, clip_min_gap=0
+    )
+    rows = pv.run_patching(vm, _clip_images(), _pairs(), probe, {}, [final], cfg, clip=clip)
+    treated = [r for r in rows if r["arm"] == "treatment"]
+    assert sorted(r["readout_kind"] for r in treated) == ["clip_prompts"] * 2 + ["probe"] * 2
+    for r in treated:
+        assert r["r_good"] != pytest.approx(r["r_poor"])
+        assert r["recovery"] == pytest.approx(1.0, abs=1e-5)
+    m = pv.measurement_rows(rows, "d", "tiny-clip", "mean", final)
+    assert {r["metric"] for r in m} == {"recovery", "recovery_clip_prompts"}
+    assert {r["setting"] for r in m if r["metric"] == "recovery_clip_prompts"} == {
+        "mode=full readout=clip_prompts"
+    }
+    # CLIP readout alone: the runner reads at the last hook, zero steering shifts nothing
+    scfg = sv.VisionSteerConfig(layers=(0,), alphas_relative=(0.0,), random_seeds=(0,))
+    first = vm.hooks[0].name
+    u = np.ones(32) / 32**0.5
+    srows = sv.run_steering(
+        vm,
+        _clip_images(),
+        _pairs(),
+        {},
+        {(first, "exposure"): u},
+        [first],
+        {first: 1.0},
+        scfg,
+        clip=clip,
+    )
+    assert {r["readout_kind"] for r in srows} == {"clip_prompts"}
+    assert all(r["readout_shift"] == pytest.approx(0.0, abs=1e-12) for r in srows)
+    sm = sv.measurement_rows(srows, "d", "tiny-clip", "mean")
+    assert {r["metric"] for r in sm} == {"readout_shift_clip_prompts"}
+
+
+def test_clip_readout_config_errors_are_one_line_naming_the_key():
+    cfg = pv.VisionPatchConfig.from_config({})
+    assert cfg.readout_kinds("torch") == ("probe",)
+    assert cfg.readout_kinds("open_clip") == ("probe", "clip_prompts")
+    assert cfg.clip_prompts["saturation"] == pv.DEFAULT_CLIP_PROMPTS["saturation"]
+    custom = pv.VisionPatchConfig.from_config({"clip_prompts": {"exposure": ["dim", "lit"]}})
+    assert custom.clip_prompts["exposure"] == ["dim", "lit"]
+    assert custom.clip_prompts["contrast"] == pv.DEFAULT_CLIP_PROMPTS["contrast"]
+    cases = [
+        (lambda: pv.VisionPatchConfig.from_config({"readouts": ["clip"]}), "vision.readouts"),
+        (
+            lambda: pv.VisionPatchConfig.from_config({"clip_prompts": {"exposure": ["a", "a"]}}),
+            "vision.clip_prompts.exposure",
+        ),
+        (
+            lambda: pv.VisionPatchConfig.from_config({"clip_prompts": {"exposure": "dark"}}),
+            "vision.clip_prompts.exposure",
+        ),
+        (
+            lambda: pv.VisionPatchConfig.from_config({"clip_prompts": {"framing": ["a", "b"]}}),
+            "vision.clip_prompts",
+        ),
+        (
+            lambda: pv.VisionPatchConfig(readouts=("clip_prompts",)).readout_kinds("torch"),
+            "vision.readouts",
+        ),
+        (
+            lambda: pv.VisionPatchConfig(attributes=("tilt",)).readout_kinds("open_clip"),
+            "vision.clip_prompts",
+        ),
+    ]
+    for make, key in cases:
+        with pytest.raises(pv.VisionPatchingError) as err:
+            make()
+        message = str(err.value)
+        assert message.startswith(key) and "\n" not in message, message

@@ -18,9 +18,18 @@ def main(smk):
     acts = smk.input.activations
     vm = vision.load_vision_model(smk.input.model, p.model, dtype=p.dtype, device=p.device)
     hooks = pv.forward_hooks(vm, acts)
-    readout = pv.readout_hook(hooks, cfg.readout, p.model)
-    readouts = pv.load_readouts(
-        acts, smk.input.probes, cfg.attributes, readout, cfg.position, p.baseline
+    kinds = cfg.readout_kinds(vm.backend, p.model)
+    # without the probe, every hook is patched and read at the CLIP image embedding
+    readout = pv.readout_hook(hooks, cfg.readout, p.model) if "probe" in kinds else hooks[-1]
+    readouts = (
+        pv.load_readouts(acts, smk.input.probes, cfg.attributes, readout, cfg.position, p.baseline)
+        if "probe" in kinds
+        else {}
+    )
+    clip = (
+        pv.load_clip_readout(vm, smk.input.model, cfg.clip_prompts, cfg.attributes)
+        if "clip_prompts" in kinds
+        else None
     )
     rows = store.read_samples(smk.input.dataset)
     pairs = pv.select_pairs(rows, cfg.attributes, cfg.split, cfg.levels, p.baseline)
@@ -33,18 +42,22 @@ def main(smk):
     directions = pv.store_directions(smk.input.vectors, patch_hooks, cfg.attributes, cfg.position)
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
-    table = pv.run_patching(vm, images, pairs, readouts, directions, patch_hooks, cfg, p.seed)
+    table = pv.run_patching(
+        vm, images, pairs, readouts, directions, patch_hooks, cfg, p.seed, clip=clip
+    )
     seconds = round(time.perf_counter() - start, 1)
     t = pd.DataFrame(table)
-    t.insert(0, "readout_r2", t["attribute"].map({a: r.score for a, r in readouts.items()}))
-    t.insert(0, "readout", readout)
+    r2 = t["attribute"].map({a: r.score for a, r in readouts.items()})
+    t.insert(0, "readout_r2", r2.where(t["readout_kind"] == "probe"))
+    t.insert(0, "readout", t["readout_kind"].where(t["readout_kind"] != "probe", readout))
     t.insert(0, "model", p.model)
     t.insert(0, "dataset", p.dataset)
     t.to_csv(smk.output.recovery, index=False, float_format="%.6g")
     m = pd.DataFrame(pv.measurement_rows(table, p.dataset, p.model, cfg.position, readout))
     m.to_csv(smk.output.measurements, index=False, float_format="%.6g")
     valid = t[t["valid"]]
-    summary = valid.groupby(["mode", "arm", "attribute", "layer"])["recovery"].median()
+    summary = valid.groupby(["readout_kind", "mode", "arm", "attribute", "layer"])["recovery"]
+    summary = summary.median()
     print(summary.unstack("layer").round(2).to_string())
     store.write_manifest(
         Path(smk.output.recovery).parent,
@@ -61,6 +74,7 @@ def main(smk):
         extra={
             "summary": {
                 "readout": readout,
+                "readouts": list(kinds),
                 "pairs": len(pairs),
                 "hooks": patch_hooks,
                 "seconds": seconds,

@@ -27,23 +27,27 @@ def main(smk):
     for path in smk.input.patching:
         t = pd.read_csv(path)
         t = t[t["valid"] & (t["mode"] == "direction")]
-        if len(t):
-            name = f"{t.dataset.iloc[0]}__{t.model.iloc[0]}__patching"
+        kinds = t["readout_kind"] if "readout_kind" in t else pd.Series("probe", index=t.index)
+        for kind, part in t.groupby(kinds):  # probe, clip_prompts (open_clip models)
+            suffix = "" if kind == "probe" else f"_{kind}"
+            name = f"{t.dataset.iloc[0]}__{t.model.iloc[0]}__patching{suffix}"
             fig = report.vision_effect_by_layer(
-                t,
+                part,
                 "recovery",
-                f"{t.model.iloc[0]}: direction patch, readout {t.readout.iloc[0]}",
+                f"{t.model.iloc[0]}: direction patch, readout {part.readout.iloc[0]}",
                 "recovery of the readout",
             )
             report.save(fig, out / f"{name}.png")
     for path in smk.input.steering:
         t = pd.read_csv(path)
-        for alpha, part in t.groupby("alpha"):
-            name = f"{t.dataset.iloc[0]}__{t.model.iloc[0]}__steering_alpha{alpha:g}"
+        kinds = t["readout_kind"] if "readout_kind" in t else pd.Series("probe", index=t.index)
+        for (kind, alpha), part in t.groupby([kinds, "alpha"]):
+            suffix = "" if kind == "probe" else f"_{kind}"
+            name = f"{t.dataset.iloc[0]}__{t.model.iloc[0]}__steering_alpha{alpha:g}{suffix}"
             fig = report.vision_effect_by_layer(
                 part,
                 "gap_closed",
-                f"{t.model.iloc[0]}: steering alpha {alpha:g}, readout {t.readout.iloc[0]}",
+                f"{t.model.iloc[0]}: steering alpha {alpha:g}, readout {part.readout.iloc[0]}",
                 "fraction of the gap to the original closed",
             )
             report.save(fig, out / f"{name}.png")

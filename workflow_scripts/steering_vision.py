@@ -22,9 +22,20 @@ def main(smk):
     acts = smk.input.activations
     vm = vision.load_vision_model(smk.input.model, p.model, dtype=p.dtype, device=p.device)
     hooks = pv.forward_hooks(vm, acts)
-    readout = pv.readout_hook(hooks, pcfg.readout, p.model)
-    readouts = pv.load_readouts(
-        acts, smk.input.probes, pcfg.attributes, readout, pcfg.position, p.baseline
+    kinds = pcfg.readout_kinds(vm.backend, p.model)
+    # without the probe, the hooks before the last are steered, read at the CLIP embedding
+    readout = pv.readout_hook(hooks, pcfg.readout, p.model) if "probe" in kinds else hooks[-1]
+    readouts = (
+        pv.load_readouts(
+            acts, smk.input.probes, pcfg.attributes, readout, pcfg.position, p.baseline
+        )
+        if "probe" in kinds
+        else {}
+    )
+    clip = (
+        pv.load_clip_readout(vm, smk.input.model, pcfg.clip_prompts, pcfg.attributes)
+        if "clip_prompts" in kinds
+        else None
     )
     rows = store.read_samples(smk.input.dataset)
     pairs = pv.select_pairs(rows, pcfg.attributes, pcfg.split, pcfg.levels, p.baseline)
@@ -40,7 +51,7 @@ def main(smk):
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
     table = sv.run_steering(
-        vm, images, pairs, readouts, directions, steer, norms, cfg, p.seed, all_hooks=hooks
+        vm, images, pairs, readouts, directions, steer, norms, cfg, p.seed, hooks, clip
     )
     seconds = round(time.perf_counter() - start, 1)
     t = pd.DataFrame(table)
@@ -81,7 +92,8 @@ def main(smk):
             measured += sv.description_measurement_rows(rows_d, p.dataset, p.model, cfg.position)
     m = pd.DataFrame(measured)
     m.to_csv(smk.output.measurements, index=False, float_format="%.6g")
-    summary = t.groupby(["arm", "attribute", "alpha", "layer"])["gap_closed"].median()
+    summary = t.groupby(["readout_kind", "arm", "attribute", "alpha", "layer"])["gap_closed"]
+    summary = summary.median()
     print(summary.unstack("layer").round(2).to_string())
     store.write_manifest(
         Path(smk.output.samples).parent,
@@ -96,7 +108,13 @@ def main(smk):
         params={"dataset": p.dataset, "model": p.model, "vision": p.vision},
         seeds={"controls": p.seed},
         extra={
-            "summary": {"readout": readout, "pairs": len(pairs), "hooks": steer, "seconds": seconds}
+            "summary": {
+                "readout": readout,
+                "readouts": list(kinds),
+                "pairs": len(pairs),
+                "hooks": steer,
+                "seconds": seconds,
+            }
         },
     )
 

@@ -8,7 +8,10 @@ the good run's and the change of the aesthetic readout is measured as
     recovery = (r_patched - r_poor) / (r_good - r_poor)
 
 where r is the attribute probe (ridge regression of the signed level, refit from the probes
-artifact's penalty on the train split, :func:`fit_readout`) applied to the pooled readout hook.
+artifact's penalty on the train split, :func:`fit_readout`) applied to the pooled readout hook,
+and, for open_clip models, the CLIP prompt readout (:class:`ClipPromptReadout`): the image
+embedding's cosine similarity to the attribute's high-level prompt minus that to its low-level
+prompt (``vision.readouts``, ``vision.clip_prompts``; metric ``recovery_clip_prompts``).
 
 Modes (``vision.patching.modes``), each on every spatial token (CNN grid, ViT patches, LM
 image tokens):
@@ -39,6 +42,17 @@ from circuitflow import probes, store, vision
 
 GRADED = ("exposure", "contrast", "tone", "saturation", "color_cast", "tilt")
 MODES = ("direction", "full")
+READOUTS = ("probe", "clip_prompts")
+# [low-level prompt, high-level prompt] per attribute: the readout grows with the signed level
+# (images.py: tone > 0 is high-key, color_cast > 0 warm). tilt has no default: its sign is a
+# rotation direction, not better / worse.
+DEFAULT_CLIP_PROMPTS = {
+    "exposure": ("a dark, underexposed photo", "a bright, well-exposed photo"),
+    "contrast": ("a flat, low-contrast photo", "a punchy, high-contrast photo"),
+    "tone": ("a dark, low-key photo", "a light, high-key photo"),
+    "saturation": ("a dull, desaturated photo", "a vivid, colorful photo"),
+    "color_cast": ("a cool, bluish photo", "a warm, yellowish photo"),
+}
 
 
 class VisionPatchingError(ValueError):
@@ -60,8 +74,35 @@ class VisionPatchConfig:
     random_seeds: int = 1
     min_gap: float = 0.25
     batch_size: int = 64
+    readouts: tuple[str, ...] | None = None  # None: probe, plus clip_prompts for open_clip
+    clip_prompts: Mapping[str, Sequence[str]] = field(
+        default_factory=lambda: dict(DEFAULT_CLIP_PROMPTS)
+    )
+    clip_min_gap: float = 0.005  # cosine units
 
     def __post_init__(self):
+        bad = [r for r in self.readouts or () if r not in READOUTS]
+        if bad or (self.readouts is not None and not self.readouts):
+            raise VisionPatchingError(
+                f"vision.readouts: {bad[0] if bad else '[]'!r} is not a list of "
+                f"{', '.join(READOUTS)}"
+            )
+        for attribute, pair in self.clip_prompts.items():
+            if attribute not in GRADED:
+                raise VisionPatchingError(
+                    f"vision.clip_prompts: {attribute!r} is not a graded attribute; use "
+                    f"{', '.join(GRADED)}"
+                )
+            ok = isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2
+            if (
+                not ok
+                or not all(isinstance(t, str) and t.strip() for t in pair)
+                or (pair[0] == pair[1])
+            ):
+                raise VisionPatchingError(
+                    f"vision.clip_prompts.{attribute}: give two different non-empty prompts "
+                    "[low level, high level]"
+                )
         bad = [a for a in self.attributes if a not in GRADED]
         if bad:
             raise VisionPatchingError(
@@ -92,7 +133,30 @@ class VisionPatchConfig:
             random_seeds=patching.get("random_seeds", cls.random_seeds),
             min_gap=patching.get("min_gap", cls.min_gap),
             batch_size=section.get("batch_size", cls.batch_size),
+            readouts=None if section.get("readouts") is None else tuple(section["readouts"]),
+            clip_prompts={**DEFAULT_CLIP_PROMPTS, **dict(section.get("clip_prompts") or {})},
+            clip_min_gap=patching.get("clip_min_gap", cls.clip_min_gap),
         )
+
+    def readout_kinds(self, backend: str, model: str = "model") -> tuple[str, ...]:
+        """The readouts measured for a model of ``backend``: ``readouts``, or by default the
+        probe plus, for open_clip models, the CLIP prompt readout."""
+        kinds = self.readouts or (
+            ("probe", "clip_prompts") if backend == "open_clip" else ("probe",)
+        )
+        if "clip_prompts" in kinds:
+            if backend != "open_clip":
+                raise VisionPatchingError(
+                    f"vision.readouts: clip_prompts needs an open_clip model; model {model!r} "
+                    f"has backend {backend!r} (use readouts: [probe])"
+                )
+            missing = [a for a in self.attributes if a not in self.clip_prompts]
+            if missing:
+                raise VisionPatchingError(
+                    f"vision.clip_prompts: no prompts for {missing[0]!r}; add "
+                    f"clip_prompts.{missing[0]}: [low-level prompt, high-level prompt]"
+                )
+        return tuple(kinds)
 
 
 def readout_hook(hooks: Sequence[str], readout: str | float, model: str = "model") -> str:
@@ -277,6 +341,69 @@ def fit_readout(
     return Readout(attribute, hook, position, w, b, float(alpha), float(score))
 
 
+def clip_prompt_score(image_emb, text_low, text_high) -> np.ndarray:
+    """cos(image, text_high) - cos(image, text_low); image_emb [B, d], texts [d]."""
+    x = np.asarray(image_emb, np.float64)
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    lo, hi = (np.asarray(t, np.float64) for t in (text_low, text_high))
+    return x @ (hi / np.linalg.norm(hi)) - x @ (lo / np.linalg.norm(lo))
+
+
+@dataclass(frozen=True)
+class ClipPromptReadout:
+    """Per attribute, the text embeddings of its [low, high] prompts; the readout of an image
+    embedding is :func:`clip_prompt_score` (grows with the attribute's level)."""
+
+    prompts: Mapping[str, tuple[str, str]]
+    text: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)
+
+    def __call__(self, image_emb, attributes: Sequence[str]) -> np.ndarray:
+        """image_emb [B, d] and one attribute per image -> readout [B]."""
+        return np.array(
+            [
+                clip_prompt_score(image_emb[i : i + 1], *self.text[a])[0]
+                for i, a in enumerate(attributes)
+            ]
+        )
+
+
+def load_clip_readout(
+    vm: vision.VisionModel, model_dir, prompts: Mapping[str, Sequence[str]], attributes
+) -> ClipPromptReadout:
+    """Encode each attribute's [low, high] prompts with the open_clip model's text tower and
+    the tokenizer of its arch (``open_clip.get_tokenizer`` on the prepared folder)."""
+    import open_clip
+    import torch
+
+    if vm.backend != "open_clip":
+        raise VisionPatchingError(
+            f"vision.readouts: clip_prompts needs an open_clip model; model {vm.name!r} has "
+            f"backend {vm.backend!r}"
+        )
+    try:
+        tokenizer = open_clip.get_tokenizer("local-dir:" + str(model_dir))
+    except Exception as err:  # noqa: BLE001 - open_clip raises many kinds
+        raise VisionPatchingError(
+            f"model {vm.name!r}: no open_clip tokenizer for {model_dir} ({type(err).__name__}); "
+            "use vision.readouts: [probe]"
+        ) from None
+    vocab = getattr(vm.module, "vocab_size", None)
+    param = next(vm.module.parameters())
+    text = {}
+    for attribute in attributes:
+        pair = tuple(prompts[attribute])
+        tokens = tokenizer(list(pair))
+        if vocab is not None and int(tokens.max()) >= vocab:
+            raise VisionPatchingError(
+                f"model {vm.name!r}: its text tower has {vocab} tokens, fewer than its "
+                "tokenizer's; use vision.readouts: [probe]"
+            )
+        with torch.no_grad():
+            emb = vm.module.encode_text(tokens.to(param.device)).double().cpu().numpy()
+        text[attribute] = (emb[0], emb[1])
+    return ClipPromptReadout({a: tuple(prompts[a]) for a in attributes}, text)
+
+
 def probe_alpha(probes_csv, hook: str, position: str, attribute: str) -> tuple[float, float]:
     """(ridge penalty, held-out score) of one probe row of probes.csv."""
     import pandas as pd
@@ -398,6 +525,23 @@ class Runner:
                 h.remove()
         return pooled[self.readout][:, self.p]
 
+    def embed(self, pixels, edits: Mapping[str, Callable] | None = None) -> np.ndarray:
+        """open_clip image embedding [B, d] (unnormalized) with ``edits`` {hook: fn}."""
+        import torch
+
+        handles = [
+            self.points[name].module.register_forward_hook(
+                lambda module, args, out, fn=fn: fn(out), prepend=True
+            )
+            for name, fn in (edits or {}).items()
+        ]
+        try:
+            with torch.no_grad():
+                return self.vm.module.encode_image(pixels).double().cpu().numpy()
+        finally:
+            for h in handles:
+                h.remove()
+
 
 def full_patch(good):
     """Edit: the whole hook output of the good run."""
@@ -467,6 +611,32 @@ def read_levels(readouts: Mapping[str, Readout], chunk: Sequence[Pair], pooled) 
     return np.array([readouts[p.attribute](pooled[i : i + 1])[0] for i, p in enumerate(chunk)])
 
 
+def measure(
+    runner: Runner,
+    readouts: Mapping[str, Readout],
+    clip: ClipPromptReadout | None,
+    chunk: Sequence[Pair],
+    pixels,
+    edits: Mapping[str, Callable] | None = None,
+) -> dict[str, np.ndarray]:
+    """{readout kind: [B]}: the probe (when ``readouts``) and the CLIP prompt readout (when
+    ``clip``) of one forward pass per kind with ``edits``."""
+    out = {}
+    if readouts:
+        out["probe"] = read_levels(readouts, chunk, runner.read(pixels, edits))
+    if clip is not None:
+        out["clip_prompts"] = clip(runner.embed(pixels, edits), [p.attribute for p in chunk])
+    return out
+
+
+def runner_for(vm, readouts: Mapping[str, Readout], clip, position: str) -> Runner:
+    """A Runner at the probes' readout hook (the last hook when only the CLIP readout runs)."""
+    hooks = {r.hook for r in readouts.values()}
+    if len(hooks) > 1 or (not hooks and clip is None):
+        raise VisionPatchingError(f"readouts at several hooks {sorted(hooks)} (or none)")
+    return Runner(vm, hooks.pop() if hooks else vm.hooks[-1].name, position)
+
+
 def run_patching(
     vm: vision.VisionModel,
     images,
@@ -476,15 +646,14 @@ def run_patching(
     hooks: Sequence[str],
     cfg: VisionPatchConfig,
     base_seed: int = 0,
+    clip: ClipPromptReadout | None = None,
 ) -> list[dict]:
-    """One row per pair x hook x mode x arm (patched, control seeds): readouts r_poor, r_good,
-    r_patched and the recovery. ``images``: uint8 [N, y, x, 3] (or a Zarr array) indexed by
-    ``image_index``; ``readouts``: {attribute: Readout} at one hook; ``directions``: {(hook,
-    attribute): unit vector} for mode ``direction``."""
-    readout_hooks = {r.hook for r in readouts.values()}
-    if len(readout_hooks) != 1:
-        raise VisionPatchingError(f"readouts at several hooks {sorted(readout_hooks)}")
-    runner = Runner(vm, readout_hooks.pop(), cfg.position)
+    """One row per pair x hook x mode x arm (patched, control seeds) x readout kind: readouts
+    r_poor, r_good, r_patched and the recovery. ``images``: uint8 [N, y, x, 3] (or a Zarr
+    array) indexed by ``image_index``; ``readouts``: {attribute: Readout} at one hook (may be
+    empty with ``clip``); ``clip``: the CLIP prompt readout (open_clip); ``directions``:
+    {(hook, attribute): unit vector} for mode ``direction``."""
+    runner = runner_for(vm, readouts, clip, cfg.position)
     order = [h.name for h in vm.hooks]
     bad = [h for h in hooks if order.index(h) > order.index(runner.readout)]
     if bad:
@@ -495,8 +664,8 @@ def run_patching(
         poor_px = runner.pixels(take(images, np.array([p.poor for p in chunk])))
         good_px = runner.pixels(take(images, np.array([p.good for p in chunk])))
         mask = runner.image_mask(len(chunk))
-        r_poor = read_levels(readouts, chunk, runner.read(poor_px))
-        r_good = read_levels(readouts, chunk, runner.read(good_px))
+        r_poor = measure(runner, readouts, clip, chunk, poor_px)
+        r_good = measure(runner, readouts, clip, chunk, good_px)
         good_out = runner.capture(good_px, hooks)
         for k, hook in enumerate(hooks):
             kind, good = runner.points[hook].kind, good_out[hook]
@@ -516,16 +685,25 @@ def run_patching(
                     u = np.broadcast_to(random_unit(d, s, k, base_seed), units.shape)
                     passes.append(("direction", "control", s, direction_patch(kind, good, u, mask)))
             for mode, arm, seed, edit in passes:
-                r = read_levels(readouts, chunk, runner.read(poor_px, {hook: edit}))
-                rows += _pair_rows(chunk, hook, mode, arm, seed, r, r_poor, r_good, cfg.min_gap)
+                measured = measure(runner, readouts, clip, chunk, poor_px, {hook: edit})
+                for rk, r in measured.items():
+                    gap = cfg.min_gap if rk == "probe" else cfg.clip_min_gap
+                    rows += _pair_rows(
+                        chunk, hook, mode, arm, seed, r, r_poor[rk], r_good[rk], gap, rk
+                    )
     return rows
 
 
-def _pair_rows(chunk, hook, mode, arm, seed, r, r_poor, r_good, min_gap) -> list[dict]:
+def _pair_rows(
+    chunk, hook, mode, arm, seed, r, r_poor, r_good, min_gap, kind="probe"
+) -> list[dict]:
+    """Rows of one pass; probe: valid when |r_good - r_poor| >= min_gap x |level|, other
+    readouts: >= min_gap (their own units)."""
     layer, site = store.parse_hook_name(hook)
     rec = recovery(r, r_poor, r_good)
     return [
         {
+            "readout_kind": kind,
             "hook": hook,
             "layer": layer,
             "site": site,
@@ -541,7 +719,10 @@ def _pair_rows(chunk, hook, mode, arm, seed, r, r_poor, r_good, min_gap) -> list
             "r_patched": r[i],
             "recovery": rec[i],
             # readouts that barely separate good from poor make recovery a ratio of noise
-            "valid": bool(abs(r_good[i] - r_poor[i]) >= min_gap * abs(p.level)),
+            "valid": bool(
+                np.isfinite(rec[i])
+                and abs(r_good[i] - r_poor[i]) >= min_gap * (abs(p.level) if kind == "probe" else 1)
+            ),
         }
         for i, p in enumerate(chunk)
     ]
@@ -558,6 +739,7 @@ def measurement_rows(table, dataset: str, model: str, position: str, readout: st
     t = t[t["valid"]]
     out = []
     for r in t.itertuples(index=False):
+        kind = getattr(r, "readout_kind", "probe")
         common = {
             "phase": "patching",
             "dataset": dataset,
@@ -566,8 +748,8 @@ def measurement_rows(table, dataset: str, model: str, position: str, readout: st
             "site": r.site,
             "position": position,
             "condition": r.attribute,
-            "setting": f"mode={r.mode} readout={readout}",
-            "metric": "recovery",
+            "setting": f"mode={r.mode} readout={readout if kind == 'probe' else kind}",
+            "metric": "recovery" if kind == "probe" else f"recovery_{kind}",
             "unit": r.unit,
         }
         out.append({**common, "arm": r.arm, "value": float(r.recovery)})

@@ -12,6 +12,10 @@ hook (as in patching), and the measured value is its shift towards the good leve
     readout_shift = sign * (r_steered - r_poor)          (level units; > 0 = towards good)
     gap_closed    = readout_shift / |r_good - r_poor|
 
+For open_clip models the CLIP prompt readout (:class:`circuitflow.patching_vision.
+ClipPromptReadout`, cosine-similarity units) is measured too: rows with ``readout_kind``
+``clip_prompts``, metric ``readout_shift_clip_prompts``.
+
 Rows go to ``samples.csv`` and, in the ``store.MEASUREMENTS_FILE`` layout (metric
 ``readout_shift``; treatment = attribute direction, control = random directions, baseline =
 unsteered, 0), to ``measurements.csv``.
@@ -26,13 +30,15 @@ import numpy as np
 
 from circuitflow import store, vision
 from circuitflow.patching_vision import (
+    ClipPromptReadout,
     Pair,
     Readout,
     Runner,
     VisionPatchingError,
     edit_tokens,
+    measure,
     random_unit,
-    read_levels,
+    runner_for,
 )
 
 
@@ -117,14 +123,13 @@ def run_steering(
     cfg: VisionSteerConfig,
     base_seed: int = 0,
     all_hooks: Sequence[str] | None = None,
+    clip: ClipPromptReadout | None = None,
 ) -> list[dict]:
-    """One row per pair x hook x alpha x direction (attribute, random seeds): r_poor, r_good,
-    r_steered, readout_shift, gap_closed. ``norms``: {hook: mean pooled norm}; ``all_hooks``:
-    the block hooks in forward order (random-direction seeds are per hook index in it)."""
-    readout = {r.hook for r in readouts.values()}
-    if len(readout) != 1:
-        raise VisionPatchingError(f"readouts at several hooks {sorted(readout)}")
-    runner = Runner(vm, readout.pop(), cfg.position)
+    """One row per pair x hook x alpha x direction (attribute, random seeds) x readout kind
+    (probe; clip_prompts with ``clip``): r_poor, r_good, r_steered, readout_shift, gap_closed.
+    ``norms``: {hook: mean pooled norm}; ``all_hooks``: the block hooks in forward order
+    (random-direction seeds are per hook index in it)."""
+    runner = runner_for(vm, readouts, clip, cfg.position)
     index = list(all_hooks or hooks)
     rows = []
     for i0 in range(0, len(pairs), cfg.batch_size):
@@ -133,8 +138,8 @@ def run_steering(
         poor_px = runner.pixels(take(images, np.array([p.poor for p in chunk])))
         good_px = runner.pixels(take(images, np.array([p.good for p in chunk])))
         mask = runner.image_mask(len(chunk))
-        r_poor = read_levels(readouts, chunk, runner.read(poor_px))
-        r_good = read_levels(readouts, chunk, runner.read(good_px))
+        r_poor_k = measure(runner, readouts, clip, chunk, poor_px)
+        r_good_k = measure(runner, readouts, clip, chunk, good_px)
         sign = -np.sign([p.level for p in chunk])
         for hook in hooks:
             kind = runner.points[hook].kind
@@ -148,34 +153,36 @@ def run_steering(
                 scale = alpha * norms[hook]
                 for direction, arm, seed, u in dirs:
                     vec = (sign * scale)[:, None] * u
-                    x = runner.read(poor_px, {hook: add_vectors(kind, vec, mask)})
-                    r = read_levels(readouts, chunk, x)
+                    edits = {hook: add_vectors(kind, vec, mask)}
                     layer, site = store.parse_hook_name(hook)
-                    for i, p in enumerate(chunk):
-                        shift = sign[i] * (r[i] - r_poor[i])
-                        gap = abs(r_good[i] - r_poor[i])
-                        rows.append(
-                            {
-                                "hook": hook,
-                                "layer": layer,
-                                "site": site,
-                                "alpha": alpha,
-                                "scale": scale,
-                                "direction": direction,
-                                "arm": arm,
-                                "seed": seed,
-                                "unit": p.unit,
-                                "source": p.source,
-                                "attribute": p.attribute,
-                                "level": p.level,
-                                "readout": runner.readout,
-                                "r_poor": r_poor[i],
-                                "r_good": r_good[i],
-                                "r_steered": r[i],
-                                "readout_shift": shift,
-                                "gap_closed": shift / gap if gap > 0 else np.nan,
-                            }
-                        )
+                    for rk, r in measure(runner, readouts, clip, chunk, poor_px, edits).items():
+                        r_poor, r_good = r_poor_k[rk], r_good_k[rk]
+                        for i, p in enumerate(chunk):
+                            shift = sign[i] * (r[i] - r_poor[i])
+                            gap = abs(r_good[i] - r_poor[i])
+                            rows.append(
+                                {
+                                    "hook": hook,
+                                    "layer": layer,
+                                    "site": site,
+                                    "alpha": alpha,
+                                    "scale": scale,
+                                    "direction": direction,
+                                    "arm": arm,
+                                    "seed": seed,
+                                    "unit": p.unit,
+                                    "source": p.source,
+                                    "attribute": p.attribute,
+                                    "level": p.level,
+                                    "readout_kind": rk,
+                                    "readout": runner.readout if rk == "probe" else rk,
+                                    "r_poor": r_poor[i],
+                                    "r_good": r_good[i],
+                                    "r_steered": r[i],
+                                    "readout_shift": shift,
+                                    "gap_closed": shift / gap if gap > 0 else np.nan,
+                                }
+                            )
     return rows
 
 
@@ -184,6 +191,7 @@ def measurement_rows(table, dataset: str, model: str, position: str) -> list[dic
     attribute direction, control = random directions (seeds), baseline = unsteered (0)."""
     out = []
     for r in table:
+        kind = r.get("readout_kind", "probe")
         common = {
             "phase": "steering",
             "dataset": dataset,
@@ -193,7 +201,7 @@ def measurement_rows(table, dataset: str, model: str, position: str) -> list[dic
             "position": position,
             "condition": r["attribute"],
             "setting": f"alpha={r['alpha']:g} readout={r['readout']}",
-            "metric": "readout_shift",
+            "metric": "readout_shift" if kind == "probe" else f"readout_shift_{kind}",
             "unit": r["unit"],
         }
         out.append({**common, "arm": r["arm"], "value": float(r["readout_shift"])})

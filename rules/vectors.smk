@@ -37,7 +37,7 @@ rule probes:
         dataset="{dataset}",
         model="{model}",
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
-        n_controls=2,
+        n_controls=config["vectors"]["probe_controls"],
         seed=config["seed"],
     log:
         "logs/probes/{dataset}/{model}.log",

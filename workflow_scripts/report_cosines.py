@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+
 from circuitflow import report, store
 from circuitflow.workflow import run_logged
 
@@ -11,12 +13,16 @@ def main(smk):
     layer_dir = Path(smk.output.layers)
     layer_dir.mkdir(parents=True, exist_ok=True)
     for path in smk.input.vectors:
-        ds = store.open_dataset(path).sel(position="last")
+        ds = store.open_dataset(path)
+        positions = [str(p) for p in ds.position.values]
+        # text: last token; images: the first pooled readout (spatial mean)
+        ds = ds.sel(position="last" if "last" in positions else positions[0])
         name = f"{ds.attrs['dataset']}/{ds.attrs['model']}"
         conditions = [str(c) for c in ds.condition.values]
-        post = ds.sel(hook=ds.site == "hook_resid_post")
+        resid_post = ds.site == "hook_resid_post"
+        post = ds.sel(hook=resid_post) if bool(resid_post.any()) else ds
         # layer with the largest mean separation norm; directions are unit, so use raw norms
-        best = str(post.hook.values[int(post["norm"].mean("condition").argmax())])
+        best = str(post.hook.values[int(np.argmax(post["norm"].mean("condition").values))])
         panels[name] = (conditions, ds["cosine_conditions"].sel(hook=best).values, best)
         for condition in conditions:
             cos = ds["cosine_hooks"].sel(condition=condition).values

@@ -56,23 +56,34 @@ def separability_by_layer(table: pd.DataFrame):
 
 
 def cosine_matrices(matrices: Mapping[str, tuple[list[str], np.ndarray, str]]):
-    """Cosine between emotion directions, one panel per model: {model: (conditions, M, hook)}."""
+    """Cosine between condition directions (emotions, image attributes), one panel per model:
+    {model: (conditions, M, hook)}; panels widen with their number of conditions."""
     _style()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.2), squeeze=False)
+    sizes = [len(conditions) for conditions, _, _ in matrices.values()]
+    widths = [max(3.6, 0.45 * n + 1.2) for n in sizes]
+    fig, axes = plt.subplots(
+        1,
+        len(matrices),
+        figsize=(sum(widths), max(3.2, 0.4 * max(sizes) + 1.2)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     for ax, (model, (conditions, matrix, hook)) in zip(axes[0], matrices.items(), strict=True):
         sns.heatmap(
             pd.DataFrame(matrix, index=conditions, columns=conditions),
             vmin=-1,
             vmax=1,
             cmap="vlag",
-            annot=True,
+            annot=len(conditions) <= 8,
             fmt=".2f",
             square=True,
             cbar=False,
             ax=ax,
         )
         ax.set_title(f"{model}\n{hook}", fontsize=9)
-    fig.suptitle("Cosine similarity of emotion directions (last token)", y=1.04)
+    fig.suptitle(
+        "Cosine similarity of condition directions (text: last token; images: mean)", y=1.04
+    )
     return fig
 
 

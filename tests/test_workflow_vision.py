@@ -117,6 +117,9 @@ def _config(clip, llava) -> dict:
         "extract": {"batch_size": 8},
         "vision": {
             "attributes": ["exposure", "contrast"],
+            # the tiny CLIP's 64-token text tower cannot embed real prompts; the CLIP prompt
+            # readout is tested in test_vision_patching.py with a full-vocabulary tiny CLIP
+            "readouts": ["probe"],
             "readout": 1.0,
             "split": "all",
             "patching": {"layers": "all", "modes": ["direction", "full"], "min_gap": 0.0},

@@ -205,3 +205,13 @@ def alignment_map_settings():
 
 def alignment_bootstrap_settings():
     return {k: v for k, v in config["alignment"].items() if _is_bootstrap_key(k)}
+
+
+def all_cores(fraction=1):
+    """A share of --cores for rules that use them all; 1 where Snakemake has no core count
+    (``--report``, ``--lint``, ``--dag``), since those run no job."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return 1
+    return max(1, int((cores or 1) * fraction))

@@ -15,7 +15,7 @@ rule extract_activations:
         extract=config["extract"],
     log:
         "logs/extract_activations/{dataset}/{model}.log",
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         mem_mb=8000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),

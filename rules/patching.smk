@@ -22,7 +22,7 @@ rule patch_model:
         patching=config["patching"],
     log:
         "logs/patch_model/{dataset}/{model}.log",
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         mem_mb=6000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
@@ -61,7 +61,7 @@ rule patch_vision:
     log:
         "logs/patch_vision/{dataset}/{model}.log",
     # half the cores each, so patching and steering of a model run side by side
-    threads: max(1, workflow.cores // 2)
+    threads: all_cores(0.5)
     resources:
         mem_mb=4000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),

@@ -62,7 +62,7 @@ rule steer_vision:
     log:
         "logs/steer_vision/{dataset}/{model}.log",
     # half the cores each, so patching and steering of a model run side by side
-    threads: max(1, workflow.cores // 2)
+    threads: all_cores(0.5)
     resources:
         mem_mb=4000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),

@@ -75,7 +75,7 @@ rule plot_steering:
             labels={"figure": "{name}"},
         ),
     params:
-        datasets=DATASETS,
+        datasets=PROMPT_DATASETS,  # image datasets' steering is in plot_vision
         metrics=config["stats"]["steering_metrics"],
         alpha=config["stats"]["alpha"],
     log:

@@ -427,6 +427,28 @@ PHASE_WORDS = {
     "top features are listed but every live feature counts in the correction",
 }
 
+IMAGE_PHASE_WORDS = {
+    "vectors": "held-out separability of each image edit from the unchanged photos along its "
+    "train-split direction (Hedges' g, Welch t)",
+    "probes": "held-out error of linear probes for each attribute's level against a constant "
+    "predictor and shuffled-target probes (per image, d_z, paired t)",
+    "patching": "recovery of the aesthetic readout (probe score at the readout hook, or CLIP "
+    "prompt similarity) when the attribute direction's component of the good variant is "
+    "patched into the poor one, against the unpatched run and random directions (d_z)",
+    "steering": "shift of the aesthetic readout towards the original when the attribute "
+    "direction is added, against no steering and random directions of equal norm (d_z)",
+}
+# metrics only the vision track writes: a model with any of them is reported in image words
+IMAGE_METRICS = {
+    "probe_error",
+    "probe_sq_error",
+    "recovery",
+    "recovery_clip_prompts",
+    "readout_shift",
+    "readout_shift_clip_prompts",
+    "description_changed",
+}
+
 
 def _where(row) -> str:
     parts = []
@@ -469,11 +491,12 @@ def summary_markdown(
     )
     for model, mrows in table.groupby("model", sort=True):
         lines += ["", f"## {model}"]
+        words = IMAGE_PHASE_WORDS if mrows.metric.isin(IMAGE_METRICS).any() else PHASE_WORDS
         for phase, rows in mrows.groupby("phase", sort=True):
             sig = rows[rows.p_fdr_bh < alpha]
             lines += ["", f"### {phase}", ""]
-            if phase in PHASE_WORDS:
-                lines.append(f"What is tested: {PHASE_WORDS[phase]}.")
+            if phase in words:
+                lines.append(f"What is tested: {words[phase]}.")
                 lines.append("")
             lines.append(f"{len(sig)} of {len(rows)} comparisons survive BH-FDR.")
             for (metric, comparison), part in rows.groupby(["metric", "comparison"], sort=True):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from circuitflow import patching_vision as pv
-from circuitflow import store, vision
+from circuitflow import store
 from circuitflow.workflow import run_logged
 
 
@@ -16,28 +16,20 @@ def main(smk):
     p = smk.params
     cfg = pv.VisionPatchConfig.from_config(p.vision)
     acts = smk.input.activations
-    vm = vision.load_vision_model(smk.input.model, p.model, dtype=p.dtype, device=p.device)
-    hooks = pv.forward_hooks(vm, acts)
-    kinds = cfg.readout_kinds(vm.backend, p.model)
-    # without the probe, every hook is patched and read at the CLIP image embedding
-    readout = pv.readout_hook(hooks, cfg.readout, p.model) if "probe" in kinds else hooks[-1]
-    readouts = (
-        pv.load_readouts(acts, smk.input.probes, cfg.attributes, readout, cfg.position, p.baseline)
-        if "probe" in kinds
-        else {}
+    run = pv.load_run_inputs(
+        cfg,
+        smk.input.model,
+        acts,
+        smk.input.probes,
+        smk.input.dataset,
+        dataset=p.dataset,
+        model=p.model,
+        baseline=p.baseline,
+        dtype=p.dtype,
+        device=p.device,
     )
-    clip = (
-        pv.load_clip_readout(vm, smk.input.model, cfg.clip_prompts, cfg.attributes)
-        if "clip_prompts" in kinds
-        else None
-    )
-    rows = store.read_samples(smk.input.dataset)
-    pairs = pv.select_pairs(rows, cfg.attributes, cfg.split, cfg.levels, p.baseline)
-    if not pairs:
-        raise pv.VisionPatchingError(
-            f"dataset {p.dataset!r}: no (poor, original) pairs of {list(cfg.attributes)} in "
-            f"split {cfg.split!r}; set vision.split: all or add the attributes' labels"
-        )
+    vm, hooks, kinds, readout = run.vm, run.hooks, run.kinds, run.readout
+    readouts, clip, pairs = run.readouts, run.clip, run.pairs
     patch_hooks = pv.select_hooks(hooks[: hooks.index(readout) + 1], cfg.layers)
     directions = pv.store_directions(smk.input.vectors, patch_hooks, cfg.attributes, cfg.position)
     images = store.read_images(smk.input.dataset)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from circuitflow import patching_vision as pv
 from circuitflow import steering_vision as sv
-from circuitflow import store, vision
+from circuitflow import store
 from circuitflow.workflow import run_logged
 
 DESCRIPTIONS = "descriptions.csv"
@@ -20,30 +20,21 @@ def main(smk):
     pcfg = pv.VisionPatchConfig.from_config(p.vision)
     cfg = sv.VisionSteerConfig.from_config(p.vision)
     acts = smk.input.activations
-    vm = vision.load_vision_model(smk.input.model, p.model, dtype=p.dtype, device=p.device)
-    hooks = pv.forward_hooks(vm, acts)
-    kinds = pcfg.readout_kinds(vm.backend, p.model)
     # without the probe, the hooks before the last are steered, read at the CLIP embedding
-    readout = pv.readout_hook(hooks, pcfg.readout, p.model) if "probe" in kinds else hooks[-1]
-    readouts = (
-        pv.load_readouts(
-            acts, smk.input.probes, pcfg.attributes, readout, pcfg.position, p.baseline
-        )
-        if "probe" in kinds
-        else {}
+    run = pv.load_run_inputs(
+        pcfg,
+        smk.input.model,
+        acts,
+        smk.input.probes,
+        smk.input.dataset,
+        dataset=p.dataset,
+        model=p.model,
+        baseline=p.baseline,
+        dtype=p.dtype,
+        device=p.device,
     )
-    clip = (
-        pv.load_clip_readout(vm, smk.input.model, pcfg.clip_prompts, pcfg.attributes)
-        if "clip_prompts" in kinds
-        else None
-    )
-    rows = store.read_samples(smk.input.dataset)
-    pairs = pv.select_pairs(rows, pcfg.attributes, pcfg.split, pcfg.levels, p.baseline)
-    if not pairs:
-        raise pv.VisionPatchingError(
-            f"dataset {p.dataset!r}: no (poor, original) pairs of {list(pcfg.attributes)} in "
-            f"split {pcfg.split!r}; set vision.split: all or add the attributes' labels"
-        )
+    vm, hooks, kinds, readout = run.vm, run.hooks, run.kinds, run.readout
+    readouts, clip, pairs = run.readouts, run.clip, run.pairs
     steer = sv.steer_hooks(hooks, readout, cfg.layers)
     directions = pv.store_directions(smk.input.vectors, steer, pcfg.attributes, cfg.position)
     train = store.read_array(acts, "split") == "train"

@@ -784,3 +784,57 @@ def load_readouts(
         alpha, score = probe_alpha(probes_csv, hook, position, attribute)
         out[attribute] = fit_readout(x, coords, attribute, alpha, hook, position, score, baseline)
     return out
+
+
+@dataclass
+class RunInputs:
+    """What patch_vision and steer_vision both start from: the loaded model, its stored hooks
+    in forward order, the readouts (probe at ``readout`` and/or CLIP prompts) and the pairs."""
+
+    vm: vision.VisionModel
+    hooks: list[str]
+    kinds: tuple[str, ...]
+    readout: str
+    readouts: dict[str, Readout]
+    clip: ClipPromptReadout | None
+    pairs: list
+
+
+def load_run_inputs(
+    cfg: VisionPatchConfig,
+    model_dir,
+    activations,
+    probes_csv,
+    dataset_dir,
+    *,
+    dataset: str,
+    model: str,
+    baseline: str,
+    dtype: str,
+    device: str,
+) -> RunInputs:
+    """Load the model, readouts and (poor, original) pairs of one vision run; one-line error
+    naming the dataset when no pair exists."""
+    vm = vision.load_vision_model(model_dir, model, dtype=dtype, device=device)
+    hooks = forward_hooks(vm, activations)
+    kinds = cfg.readout_kinds(vm.backend, model)
+    # without the probe, every hook is read at the CLIP image embedding (the last hook)
+    readout = readout_hook(hooks, cfg.readout, model) if "probe" in kinds else hooks[-1]
+    readouts = (
+        load_readouts(activations, probes_csv, cfg.attributes, readout, cfg.position, baseline)
+        if "probe" in kinds
+        else {}
+    )
+    clip = (
+        load_clip_readout(vm, model_dir, cfg.clip_prompts, cfg.attributes)
+        if "clip_prompts" in kinds
+        else None
+    )
+    rows = store.read_samples(dataset_dir)
+    pairs = select_pairs(rows, cfg.attributes, cfg.split, cfg.levels, baseline)
+    if not pairs:
+        raise VisionPatchingError(
+            f"dataset {dataset!r}: no (poor, original) pairs of {list(cfg.attributes)} in "
+            f"split {cfg.split!r}; set vision.split: all or add the attributes' labels"
+        )
+    return RunInputs(vm, hooks, kinds, readout, readouts, clip, pairs)

@@ -2,10 +2,9 @@
 real EfficientNet-Lite0 from its wheel; hook names and shapes, the image activation store, and
 probes that find a planted attribute direction."""
 
-import json
-
 import numpy as np
 import pytest
+from tiny_models import build_clip_folder, build_llava_folder
 
 from circuitflow import models, probes, store, vision
 
@@ -33,31 +32,7 @@ def _rows_and_images(n_sources=4, per=6, size=32, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 3,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-    }
-    model = open_clip.CLIP(**cfg)
-    src = tmp_path_factory.mktemp("tiny-clip-src")
-    (src / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}})
-    )
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        src / "open_clip_model.safetensors",
-    )
+    src = build_clip_folder(tmp_path_factory.mktemp("tiny-clip-src"))
     out = tmp_path_factory.mktemp("tiny-clip-prepared")
     spec = models.ModelSpec("tiny-clip", str(src), family="vision-encoder", backend="open_clip")
     facts = models.prepare_model(spec, out)
@@ -67,39 +42,7 @@ def tiny_clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_llava_dir(tmp_path_factory):
-    import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
-
-    torch.manual_seed(0)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        text_config=LlamaConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=128,
-            bos_token_id=1,
-        ),
-        image_token_id=100,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
-    src = tmp_path_factory.mktemp("tiny-llava-src")
-    LlavaForConditionalGeneration(cfg).save_pretrained(src)
+    src = build_llava_folder(tmp_path_factory.mktemp("tiny-llava-src"))
     out = tmp_path_factory.mktemp("tiny-llava-prepared")
     spec = models.ModelSpec("tiny-llava", str(src), family="vlm", backend="hf")
     models.prepare_model(spec, out)

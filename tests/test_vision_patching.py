@@ -4,6 +4,7 @@ weights, readouts and directions (no weights from disk)."""
 import numpy as np
 import pytest
 import torch
+from tiny_models import build_clip_folder
 
 from circuitflow import patching_vision as pv
 from circuitflow import probes, store, vision
@@ -255,40 +256,9 @@ def test_description_hooks_stay_in_the_vision_tower():
 def tiny_clip(tmp_path_factory):
     """The tiny random open_clip ViT of test_vision.py, with the text vocabulary of open_clip's
     BPE tokenizer (so prompts tokenize into its range); prepared and loaded."""
-    import json
-
-    import open_clip
-    from safetensors.torch import save_file
-
     from circuitflow import models
 
-    torch.manual_seed(0)
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 3,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "context_length": 8,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-    model = open_clip.CLIP(**cfg)
-    src = tmp_path_factory.mktemp("tiny-clip-text-src")
-    (src / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}})
-    )
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        src / "open_clip_model.safetensors",
-    )
+    src = build_clip_folder(tmp_path_factory.mktemp("tiny-clip-text-src"), vocab_size=49408)
     out = tmp_path_factory.mktemp("tiny-clip-text")
     spec = models.ModelSpec("tiny-clip", str(src), family="vision-encoder", backend="open_clip")
     models.prepare_model(spec, out)

@@ -2,11 +2,10 @@
 (local folders built in-process) on a few builtin photographs, build_images -> prepare_model ->
 extract_activations -> directions / probes -> patch_vision / steer_vision -> effect_sizes."""
 
-import json
-
 import pandas as pd
 import pytest
 from test_workflow import snakemake
+from tiny_models import build_clip_folder, build_llava_folder
 
 from circuitflow import stats, store
 
@@ -19,71 +18,6 @@ LLAVA_HOOKS = [
     "blocks.0.hook_resid_post",
     "blocks.1.hook_resid_post",
 ]
-
-
-def _tiny_clip(folder):
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 3,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-    }
-    model = open_clip.CLIP(**cfg)
-    folder.mkdir(parents=True)
-    (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}})
-    )
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        folder / "open_clip_model.safetensors",
-    )
-    return folder
-
-
-def _tiny_llava(folder):
-    import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
-
-    torch.manual_seed(0)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        text_config=LlamaConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=128,
-            bos_token_id=1,
-        ),
-        image_token_id=100,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
-    LlavaForConditionalGeneration(cfg).save_pretrained(folder)
-    return folder
 
 
 def _config(clip, llava) -> dict:
@@ -137,7 +71,7 @@ def _config(clip, llava) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf-vision")
-    config = _config(_tiny_clip(root / "clip-src"), _tiny_llava(root / "llava-src"))
+    config = _config(build_clip_folder(root / "clip-src"), build_llava_folder(root / "llava-src"))
     work = root / "work"
     snakemake(work, config, TARGET)
     return work

@@ -91,3 +91,82 @@ def build_model_folder(arch: str, out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_clip_folder(out: Path, vocab_size: int = 64, seed: int = 0) -> Path:
+    """Save a tiny random open_clip ViT (3 blocks, width 32, 32 px, 8 px patches) as a local
+    open_clip folder (open_clip_config.json + safetensors). ``vocab_size`` 49408 gives the
+    text tower open_clip's full BPE vocabulary, so real prompts can be embedded."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 3,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 8,
+            "vocab_size": vocab_size,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    model = open_clip.CLIP(**cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        out / "open_clip_model.safetensors",
+    )
+    return out
+
+
+def build_llava_folder(out: Path, seed: int = 0) -> Path:
+    """Save a tiny random LLaVA (2-block CLIP vision tower of width 32, 2-block Llama of width
+    48, image token 100) as an HF folder."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=128,
+            bos_token_id=1,
+        ),
+        image_token_id=100,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    LlavaForConditionalGeneration(cfg).save_pretrained(out)
+    return out

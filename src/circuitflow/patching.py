@@ -1037,18 +1037,20 @@ def directional_ablation(
     order = sorted(range(len(samples)), key=lambda i: (len(toks[samples[i]["sample_id"]].ids), i))
     feats = np.zeros((len(samples), patcher.d_model))
     leans_base = np.zeros((len(samples), len(metric.conditions)))
-    sums = {layer: torch.zeros(patcher.d_model, dtype=torch.float64) for layer in layers}
+    # mean ablation: the unablated residual's token mean at each ablated layer
+    mean_layers = tuple(layers) if mode == "mean" else ()
+    sums = {layer: torch.zeros(patcher.d_model, dtype=torch.float64) for layer in mean_layers}
     n_tok = 0
     for chunk in _chunks(order, batch_size):
         ts = [toks[samples[i]["sample_id"]] for i in chunk]
-        f, lg = run_final(patcher, ts, pad_id, probe_position, record=layers)
+        f, lg = run_final(patcher, ts, pad_id, probe_position, record=mean_layers)
         feats[chunk] = f
         leans_base[chunk] = lean(lg, metric)
         valid = torch.zeros(len(ts), max(len(t.ids) for t in ts))
         for row, t in enumerate(ts):
             valid[row, t.first : len(t.ids)] = 1
         n_tok += int(valid.sum())
-        for layer in layers:
+        for layer in mean_layers:
             x = patcher.recorded[("resid", layer)].cpu().double()
             sums[layer] += torch.einsum("bt,btd->d", valid.double(), x)
     centers = None

@@ -100,12 +100,12 @@ def load_config(path: Path) -> dict:
 
 
 def load_rows(args, config: dict) -> list[dict]:
-    from circuitflow import dataset, store
+    from circuitflow import datasets, store
 
     if args.from_sources:
         entry = config["datasets"][args.dataset]
         sources = {k: ROOT / entry[k] for k in ("prompts", "frames") if entry.get(k)}
-        rows = dataset.build_prompt_dataset(
+        rows = datasets.build_prompt_dataset(
             sources.get("prompts"),
             sources.get("frames"),
             entry["labels"],
@@ -285,6 +285,7 @@ def main(argv=None) -> dict:
         fail("--device cuda: no CUDA device visible to torch; use --device cpu")
 
     from circuitflow import extract, models
+    from circuitflow.core import tokens
 
     config = load_config(args.config)
     model_name = args.model or args.model_dir.name
@@ -318,7 +319,7 @@ def main(argv=None) -> dict:
             model_name=model_name,
             **settings,
         )
-        toks = extract.tokenize(bridge.tokenizer, rows, cfg.prepend_bos)
+        toks = tokens.tokenize(bridge.tokenizer, rows, cfg.prepend_bos)
         n_base = min(args.baseline_limit, len(rows))
 
         ours_dir, seed_dir = tmp / "ours", tmp / "seed"

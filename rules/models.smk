@@ -6,6 +6,7 @@ rule prepare_model:
         model="{model}",
         source=lambda wc: model_entry(wc.model)["source"],
         family=lambda wc: model_entry(wc.model)["family"],
+        backend=lambda wc: model_entry(wc.model)["backend"],
     log:
         "logs/prepare_model/{model}.log",
     resources:
@@ -25,7 +26,6 @@ rule describe_model:
         store.DESCRIBE,
     params:
         model="{model}",
-        family=lambda wc: model_entry(wc.model)["family"],
         dtype=lambda wc: model_entry(wc.model)["dtype"],
         device=lambda wc: model_entry(wc.model)["device"],
     log:

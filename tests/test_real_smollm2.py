@@ -9,6 +9,7 @@ from conftest import REPO
 from transformers import AutoModelForCausalLM
 
 from circuitflow import dataset, extract, models, store
+from circuitflow.core import tokens
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,7 +62,7 @@ def test_extraction_matches_hf_forward(smollm2, tmp_path):
     )
     extract.extract_to_zarr(bridge, rows, cfg, tmp_path / "a.zarr", progress=False)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    toks = extract.tokenize(bridge.tokenizer, rows, prepend_bos=True)
+    toks = tokens.tokenize(bridge.tokenizer, rows, prepend_bos=True)
     tokens_ds = store.open_dataset(tmp_path / "a.zarr", group=store.TOKENS_GROUP)
     for i, t in enumerate(toks):
         with torch.no_grad():

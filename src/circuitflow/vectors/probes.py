@@ -1,4 +1,4 @@
-"""Linear probes per attribute, hook and position (vectors phase, image datasets).
+"""Linear probes per attribute, hook and position (image datasets).
 
 For a graded attribute (exposure, contrast, tone, saturation, color_cast, tilt) the probe is a
 ridge regression of the signed level on centred features (one global scale), fit on the
@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from circuitflow.store import parse_hook_name
 
 ALPHAS = np.logspace(-2, 6, 17)
 GRADED = ("exposure", "contrast", "tone", "saturation", "color_cast", "tilt")
@@ -63,7 +66,9 @@ def _ridge_dual(K: np.ndarray, Y: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     return np.stack([evecs @ (proj / (evals + a)[:, None]) for a in alphas])
 
 
-def select_alpha(x: np.ndarray, Y: np.ndarray, groups: np.ndarray, alphas=ALPHAS) -> float:
+def select_alpha(
+    x: np.ndarray, Y: np.ndarray, groups: np.ndarray, alphas: np.ndarray = ALPHAS
+) -> float:
     """Ridge penalty by leave-one-group-out CV (groups = source photos): variants of one photo
     never sit on both sides, as in the train/test split. x standardized [n, d]; Y [n, t]."""
     ug = np.unique(groups)
@@ -208,7 +213,9 @@ def fit_classification_probe(
     )
 
 
-def source_contrast(x: np.ndarray, sources: np.ndarray, labels: np.ndarray, baseline: str):
+def source_contrast(
+    x: np.ndarray, sources: np.ndarray, labels: np.ndarray, baseline: str
+) -> np.ndarray:
     """Counterfactual contrast: each sample minus the mean of its source photo's baseline
     (unchanged) samples, removing the photo's content; [n, d] -> [n, d]. Sources without a
     baseline sample are left as they are."""
@@ -221,8 +228,10 @@ def source_contrast(x: np.ndarray, sources: np.ndarray, labels: np.ndarray, base
     return out
 
 
-def probe_targets(attribute: np.ndarray, label: np.ndarray, baseline: str = "original"):
-    """``{target: (kind, sample mask, y)}`` for the attributes present in a dataset."""
+def probe_targets(
+    attribute: np.ndarray, label: np.ndarray, baseline: str = "original"
+) -> dict[str, tuple[str, np.ndarray]]:
+    """``{target: (kind, sample mask)}`` for the attributes present in a dataset."""
     attribute, label = np.asarray(attribute), np.asarray(label)
     out = {}
     for target in GRADED:
@@ -243,19 +252,15 @@ def run_probes(
     seed: int = 0,
     n_controls: int = 2,
     baseline: str = "original",
-):
+) -> tuple[list[dict], list[dict]]:
     """Every probe: hook x position x target, on :func:`source_contrast` features.
     ``acts``: {hook: [sample, position, d]}; coords: sample, label, split, frame_id (source),
     attribute, level. Returns (summary rows, measurement rows)."""
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(limits=1):  # many tiny solves: BLAS threads only add overhead
         return _run_probes(acts, positions, coords, seed, n_controls, baseline)
 
 
 def _run_probes(acts, positions, coords, seed, n_controls, baseline):
-    from circuitflow.store import parse_hook_name
-
     train = coords["split"] == "train"
     test = coords["split"] == "test"
     targets = probe_targets(coords["attribute"], coords["label"], baseline)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from circuitflow.core.errors import CircuitflowError
+
 PLACEHOLDER = "{phrase}"
 
 
-class DatasetError(ValueError):
+class DatasetError(CircuitflowError, ValueError):
     """A source file is malformed; the message names file and line."""
 
 

@@ -1,4 +1,4 @@
-"""Image datasets: controlled aesthetic counterfactuals of real photographs, and CSV manifests.
+"""Image datasets: controlled aesthetic counterfactuals of real photographs.
 
 Every variant changes ONE attribute of one source photograph at a graded, signed level:
 
@@ -18,18 +18,25 @@ has more than one sample per source. Splits are by SOURCE photograph: variants o
 never straddle train and test (``frame_id`` = source id, like counterfactual prompt frames).
 
 Images are float RGB arrays in [0, 1] inside this module, uint8 ``[sample, y, x, channel]`` on
-disk (``store.IMAGES_FILE``).
+disk (``store.IMAGES_FILE``). Scored photographs from CSV manifests live in
+:mod:`circuitflow.datasets.manifests`.
 """
 
 from __future__ import annotations
 
-import csv
+import importlib.resources
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy.ndimage import gaussian_filter, uniform_filter
+
+from circuitflow.core.errors import CircuitflowError
+
+# scikit-image is imported where it is used: prompt datasets and manifests work without it.
 
 # ---------------------------------------------------------------- sources
 # Real photographs that ship inside installed wheels (no download): name -> loader key.
@@ -50,7 +57,7 @@ LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights
 GAMMA = 2.2  # pure power-law "linear light": a scale there is a scale of the encoded values
 
 
-class ImageDatasetError(ValueError):
+class ImageDatasetError(CircuitflowError, ValueError):
     """A source image, folder or manifest is unusable; the message names it and the fix."""
 
 
@@ -72,8 +79,6 @@ def load_builtin(name: str) -> np.ndarray:
         raise ImageDatasetError(
             f"unknown builtin image {name!r}; known: {', '.join(sorted(BUILTIN_SOURCES))}"
         )
-    import importlib.resources
-
     package, rel, _ = BUILTIN_SOURCES[name]
     try:
         path = importlib.resources.files(package).joinpath(rel)
@@ -87,8 +92,7 @@ def load_builtin(name: str) -> np.ndarray:
 
 
 def load_image_file(path: str | Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+    """An image file as float RGB in [0, 1] (alpha dropped, grey expanded)."""
     try:
         with Image.open(path) as im:
             return _to_float_rgb(np.asarray(im.convert("RGB")), str(path))
@@ -130,6 +134,7 @@ def resolve_sources(sources: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def load_source(spec: str) -> np.ndarray:
+    """The image behind a :func:`resolve_sources` spec (``builtin:<name>`` or a file path)."""
     if spec.startswith("builtin:"):
         return load_builtin(spec.removeprefix("builtin:"))
     return load_image_file(spec)
@@ -157,6 +162,7 @@ def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Float RGB in [0, 1] -> uint8 (rounded, clipped)."""
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -251,8 +257,6 @@ def photometric_level(attribute: str, param: float) -> float:
 def salient_point(img: np.ndarray, work: int = 64) -> tuple[float, float]:
     """(x, y) in pixels of the peak of a spectral-residual saliency map (Hou & Zhang 2007),
     smoothed and weighted toward the image center (a photographer's prior)."""
-    from scipy.ndimage import gaussian_filter, uniform_filter
-
     h, w = img.shape[:2]
     g = resize(img, (work, work)) @ LUMA
     f = np.fft.fft2(g)
@@ -325,7 +329,9 @@ def tilt(img: np.ndarray, degrees: float, size: int) -> np.ndarray:
     return resize(rot[m : s - m, m : s - m], size)
 
 
-def center_square(img: np.ndarray, size: int, jitter: tuple[float, float, float] = (0, 0, 1)):
+def center_square(
+    img: np.ndarray, size: int, jitter: tuple[float, float, float] = (0, 0, 1)
+) -> tuple[np.ndarray, dict]:
     """Center square (shifted by (dx, dy) of the side and scaled by ``jitter[2]``), resized."""
     h, w = img.shape[:2]
     s = min(h, w) * jitter[2]
@@ -376,7 +382,7 @@ class ImageSpec:
     min_crop_fraction: float = 0.35
     levels: dict = field(default_factory=lambda: dict(DEFAULT_LEVELS))
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         unknown = [label for label in self.labels if label not in LABELS]
         if unknown:
             raise ImageDatasetError(
@@ -410,7 +416,9 @@ def subject_point(img: np.ndarray, origin: str) -> tuple[tuple[float, float], st
     return salient_point(img), "spectral_residual"
 
 
-def source_variants(img: np.ndarray, source_id: str, spec: ImageSpec, seed: int, origin: str = ""):
+def source_variants(
+    img: np.ndarray, source_id: str, spec: ImageSpec, seed: int, origin: str = ""
+) -> Iterator[tuple[dict, np.ndarray]]:
     """Every variant of one photograph: yields (row, uint8 image). Rows carry ``source``,
     ``attribute``, ``group``, ``label``, ``level`` and the transform ``params``."""
     h, w = img.shape[:2]
@@ -504,131 +512,4 @@ def build_image_dataset(
             r["origin"] = where
             rows.append(r)
             images.append(im)
-    return rows, np.stack(images)
-
-
-# ---------------------------------------------------------------- CSV manifests (PARA / AADB)
-# column aliases per layout: our name -> accepted CSV headers (first match wins)
-MANIFEST_LAYOUTS = {
-    "para": {
-        "image": ["imageName", "image", "path"],
-        "session": ["sessionId", "session"],
-        "overall": ["aestheticScore_mean", "aestheticScore", "overall"],
-        "composition": ["compositionScore_mean", "compositionScore", "composition"],
-        "lighting": ["lightScore_mean", "lightScore", "lighting"],
-        "color": ["colorScore_mean", "colorScore", "color"],
-    },
-    "aadb": {
-        "image": ["ImageFile", "image", "path"],
-        "overall": ["score", "Score", "overall"],
-        "composition": ["RuleOfThirds", "composition"],
-        "lighting": ["Light", "lighting"],
-        "color": ["ColorHarmony", "color"],
-    },
-}
-SCORE_KEYS = ("overall", "composition", "lighting", "color")
-
-
-def load_score_manifest(
-    path: str | Path, layout: str = "para", image_root: str | Path | None = None
-) -> list[dict]:
-    """Rows ``{image, path, overall, composition, lighting, color}`` of a PARA- or AADB-style
-    CSV; image paths are relative to ``image_root`` (default: the CSV's folder). Errors name
-    the file and line."""
-    path = Path(path)
-    if layout not in MANIFEST_LAYOUTS:
-        raise ImageDatasetError(
-            f"{path}: unknown manifest layout {layout!r}; known: {', '.join(MANIFEST_LAYOUTS)}"
-        )
-    aliases = MANIFEST_LAYOUTS[layout]
-    root = Path(image_root) if image_root else path.parent
-    try:
-        fh = open(path, newline="")
-    except OSError as err:
-        raise ImageDatasetError(f"{path}: cannot open manifest ({err.strerror})") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        columns = {}
-        for key, names in aliases.items():
-            found = next((n for n in names if n in header), None)
-            if found is None and key in ("image", "overall"):
-                raise ImageDatasetError(
-                    f"{path}:1: no {key} column for layout {layout!r}; expected one of "
-                    f"{', '.join(names)}"
-                )
-            if found is not None:
-                columns[key] = found
-        rows = []
-        for lineno, rec in enumerate(reader, start=2):
-            if None in rec or any(rec.get(c) is None for c in columns.values()):
-                raise ImageDatasetError(
-                    f"{path}:{lineno}: expected {len(header)} fields, got a different number"
-                )
-            name = rec[columns["image"]].strip()
-            if not name:
-                raise ImageDatasetError(f"{path}:{lineno}: empty image path")
-            if "session" in columns:
-                image_path = root / rec[columns["session"]].strip() / name
-                if not image_path.exists():
-                    image_path = root / name
-            else:
-                image_path = root / name
-            if not image_path.exists():
-                raise ImageDatasetError(f"{path}:{lineno}: image {image_path} does not exist")
-            row = {"image": Path(name).stem, "path": str(image_path)}
-            for key in SCORE_KEYS:
-                if key not in columns:
-                    continue
-                raw = rec[columns[key]].strip()
-                try:
-                    value = float(raw)
-                except ValueError:
-                    raise ImageDatasetError(
-                        f"{path}:{lineno}: column {columns[key]!r} = {raw!r} is not a number"
-                    ) from None
-                if not math.isfinite(value):
-                    raise ImageDatasetError(f"{path}:{lineno}: column {columns[key]!r} is {raw}")
-                row[key] = value
-            rows.append(row)
-    if len(rows) < 2:
-        raise ImageDatasetError(f"{path}: {len(rows)} image row(s); need at least 2")
-    return rows
-
-
-def build_manifest_dataset(
-    path: str | Path,
-    layout: str,
-    size: int,
-    test_fraction: float,
-    seed: int,
-    image_root: str | Path | None = None,
-) -> tuple[list[dict], np.ndarray]:
-    """Real scored photographs: label ``high`` / ``low`` / ``mid`` by overall-score tertile
-    (baseline ``low``), the overall and attribute scores as levels; split by image."""
-    scored = load_score_manifest(path, layout, image_root)
-    overall = np.array([r["overall"] for r in scored])
-    lo, hi = np.quantile(overall, [1 / 3, 2 / 3])
-    splits = split_sources([r["image"] for r in scored], test_fraction, seed)
-    rows, images = [], []
-    for r in scored:
-        img, _ = center_square(load_image_file(r["path"]), size)
-        label = "high" if r["overall"] > hi else "low" if r["overall"] <= lo else "mid"
-        rows.append(
-            {
-                "sample_id": r["image"],
-                "label": label,
-                "frame_id": r["image"],
-                "source": r["image"],
-                "attribute": "overall",
-                "group": "score",
-                "level": float(r["overall"]),
-                "scores": {k: r[k] for k in SCORE_KEYS if k in r},
-                "params": {},
-                "split": splits[r["image"]],
-                "image_index": len(images),
-                "origin": r["path"],
-            }
-        )
-        images.append(to_uint8(img))
     return rows, np.stack(images)

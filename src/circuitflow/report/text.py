@@ -1,33 +1,21 @@
-"""Figures and the plain-words summary for the report (seaborn, one consistent style)."""
+"""Figures and the plain-words summary of the text track (and the phases both tracks share):
+separability, direction cosines, steering, patching, alignment, SAE metrics, summary."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import matplotlib
+import matplotlib.pyplot as plt
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-ALPHA = 0.05
-PALETTE = {"gratitude": "#2a9d8f", "anger": "#e63946", "apology": "#457b9d"}
+from circuitflow.report.common import ALPHA, PALETTE, _style
 
 
-def _style() -> None:
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
-
-
-def save(fig, path) -> None:
-    """PNG without metadata that changes between runs."""
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-
-
-def separability_by_layer(table: pd.DataFrame):
+def separability_by_layer(table: pd.DataFrame) -> Figure:
     """Held-out Cohen's d of the mean-difference projection across depth, per model/position."""
     _style()
     rows = table[(table.phase == "vectors") & (table.site == "hook_resid_post")].copy()
@@ -55,7 +43,7 @@ def separability_by_layer(table: pd.DataFrame):
     return grid.figure
 
 
-def cosine_matrices(matrices: Mapping[str, tuple[list[str], np.ndarray, str]]):
+def cosine_matrices(matrices: Mapping[str, tuple[list[str], np.ndarray, str]]) -> Figure:
     """Cosine between condition directions (emotions, image attributes), one panel per model:
     {model: (conditions, M, hook)}; panels widen with their number of conditions."""
     _style()
@@ -87,7 +75,7 @@ def cosine_matrices(matrices: Mapping[str, tuple[list[str], np.ndarray, str]]):
     return fig
 
 
-def layer_cosines(model: str, hooks: list[str], matrix: np.ndarray, condition: str):
+def layer_cosines(model: str, hooks: list[str], matrix: np.ndarray, condition: str) -> Figure:
     """Cosine of one emotion's direction across layers (hook x hook)."""
     _style()
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
@@ -107,7 +95,7 @@ def layer_cosines(model: str, hooks: list[str], matrix: np.ndarray, condition: s
     return fig
 
 
-def parse_setting(setting) -> dict[str, str]:
+def parse_setting(setting: object) -> dict[str, str]:
     """``"direction=anger alpha=0.25 mode=relative"`` -> {"direction": "anger", ...}."""
     if not isinstance(setting, str):
         return {}
@@ -156,7 +144,7 @@ def steering_effects(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def steering_heatmap(table: pd.DataFrame, metric: str, alpha: float = ALPHA):
+def steering_heatmap(table: pd.DataFrame, metric: str, alpha: float = ALPHA) -> Figure:
     """Layer x alpha heatmaps of d_z (steered vs unsteered, same prompts) for the emotion
     directions: rows models, columns emotions; * survives BH-FDR, † also vs random control."""
     _style()
@@ -205,7 +193,7 @@ def steering_heatmap(table: pd.DataFrame, metric: str, alpha: float = ALPHA):
 
 def patching_position_heatmap(
     residual: pd.DataFrame, table: pd.DataFrame, model: str, alpha: float = ALPHA
-):
+) -> Figure:
     """Layer x position mean recovery of residual patching, one panel per direction x emotion;
     * the one-sample test of recovery against the unpatched run survives BH-FDR."""
     _style()
@@ -278,7 +266,9 @@ HEAD_PANELS = {
 }
 
 
-def head_heatmap(ranking: pd.DataFrame, table: pd.DataFrame, model: str, alpha: float = ALPHA):
+def head_heatmap(
+    ranking: pd.DataFrame, table: pd.DataFrame, model: str, alpha: float = ALPHA
+) -> Figure:
     """Layer x head means over all pairs (condition ``all``) of patch recovery and the zero /
     mean ablation effects; * the test against 0 survives BH-FDR."""
     _style()
@@ -310,7 +300,7 @@ def head_heatmap(ranking: pd.DataFrame, table: pd.DataFrame, model: str, alpha: 
     return fig
 
 
-def overlap_vs_k(alignment: pd.DataFrame, site: str = "hook_resid_post"):
+def overlap_vs_k(alignment: pd.DataFrame, site: str = "hook_resid_post") -> Figure:
     """Subspace overlap vs k at matched relative depths (mean over matched layer pairs):
     before mapping (method none), after each map, shuffled-pairing maps (dashed), and the
     random-subspace band (mean ± 1.96 sd)."""
@@ -390,7 +380,7 @@ def sae_metric_frame(metrics: list[dict]) -> pd.DataFrame:
     )
 
 
-def sae_metric_bars(metrics: list[dict]):
+def sae_metric_bars(metrics: list[dict]) -> Figure:
     """Held-out explained variance, L0, dead fraction and CE loss recovered of every SAE."""
     _style()
     frame = sae_metric_frame(metrics)
@@ -543,95 +533,3 @@ def summary_markdown(
                 f"{r.random_mean:.3f}; p_fdr_bh = {r.p_fdr_bh:.2g}"
             )
     return "\n".join(lines) + "\n"
-
-
-# ---- vision ----
-def _hook_order(hooks) -> list[str]:
-    """Block hooks in forward order: a VLM's vision tower before its language model."""
-
-    def key(h):
-        return (0 if h.startswith("vision.") else 1, int(h.removeprefix("vision.").split(".")[1]))
-
-    return sorted(set(hooks), key=key)
-
-
-def _short(hook: str) -> str:
-    return hook.replace("vision.blocks.", "v").replace("blocks.", "").split(".")[0]
-
-
-def probe_scores_by_layer(probes: pd.DataFrame, position: str = "mean"):
-    """Held-out probe score (R² for graded attributes, accuracy for composition) by hook, one
-    panel per model; dotted: the composition classifier's chance (majority class)."""
-    _style()
-    t = probes[probes.position == position]
-    models = list(dict.fromkeys(t.model))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        part = t[t.model == model]
-        order = _hook_order(part.hook)
-        part = part.assign(x=part.hook.map({h: i for i, h in enumerate(order)}))
-        sns.lineplot(data=part, x="x", y="score", hue="target", marker="o", ax=ax)
-        chance = part[part.kind == "classification"].groupby("x").chance.mean()
-        if len(chance):
-            ax.plot(chance.index, chance.values, ":", color="grey", label="composition chance")
-        ax.set_xticks(range(len(order)), [_short(h) for h in order], fontsize=7)
-        ax.set(xlabel="hook (block)", ylabel="held-out R² / accuracy", title=model)
-        ax.set_ylim(max(-0.5, ax.get_ylim()[0]), 1.02)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return fig
-
-
-def stimulus_grid(rows: list[dict], images: np.ndarray, source: str, max_cols: int = 6):
-    """One photo's stimuli: a row per attribute (original first), variants by level."""
-    mine = [r for r in rows if r["frame_id"] == source]
-    original = next(r for r in mine if r["label"] == r.get("baseline", "original"))
-    groups: dict[str, list[dict]] = {}
-    for r in mine:
-        if r["attribute"] != "original":
-            groups.setdefault(r["attribute"], []).append(r)
-    n_cols = min(max_cols, 1 + max((len(v) for v in groups.values()), default=0))
-    fig, axes = plt.subplots(
-        len(groups), n_cols, figsize=(1.6 * n_cols, 1.7 * len(groups)), squeeze=False
-    )
-    for ax_row, (attribute, variants) in zip(axes, groups.items(), strict=True):
-        cells = [original, *sorted(variants, key=lambda r: r["level"])][:n_cols]
-        for ax, r in zip(ax_row, cells, strict=False):
-            ax.imshow(images[r["image_index"]])
-            title = "original" if r is original else f"{r['label']}\n{r['level']:+.2g}"
-            ax.set_title(title, fontsize=7)
-        for ax in ax_row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        for ax in ax_row[len(cells) :]:
-            ax.axis("off")
-        ax_row[0].set_ylabel(attribute, fontsize=8)
-    fig.suptitle(f"stimuli of {source} (level per attribute)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def vision_effect_by_layer(table: pd.DataFrame, value: str, title: str, ylabel: str):
-    """Mean ``value`` (95% CI over pairs) by hook, per attribute: treatment solid, random
-    control dashed. ``table``: recovery.csv (valid rows) or steering samples.csv rows."""
-    _style()
-    order = list(dict.fromkeys(table.hook))
-    t = table.assign(x=table.hook.map({h: i for i, h in enumerate(order)}))
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    sns.lineplot(
-        data=t,
-        x="x",
-        y=value,
-        hue="attribute",
-        style="arm",
-        markers=True,
-        errorbar=("ci", 95),
-        style_order=["treatment", "control"],
-        ax=ax,
-    )
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(order)), [_short(h) for h in order], fontsize=7)
-    ax.set(xlabel="hook (block)", ylabel=ylabel, title=title)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return fig

@@ -1,0 +1,339 @@
+"""Text extraction: batched forward passes through a TransformerBridge into one Zarr store.
+
+Only the hooks that are stored are attached, reductions happen inside the hooks (no full
+cache), and the forward pass stops after the last hook that is needed, so the unembedding
+is skipped. Sequences are right-padded: under causal attention the real tokens never see
+the padding, so no attention mask is needed and values equal an unpadded forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from circuitflow import store
+from circuitflow.core.errors import CircuitflowError, ConfigError, HookError
+from circuitflow.core.hooks import StopForward, attach_bridge, run_to_stop
+from circuitflow.core.tokens import Tokenized, pad_id, right_pad, tokenize
+
+SITE_ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_resid_post": 2}
+STORE_DTYPES = ("float16", "float32")
+COORDS_ATTR = " ".join(store.SAMPLE_COORDS)  # xarray reads these as coordinates
+
+
+class ExtractionError(CircuitflowError, RuntimeError):
+    """Activations cannot be stored faithfully; the message names model, hook and fix."""
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to extract from one model. Layers are block indices; ``None`` means all."""
+
+    n_layers: int
+    layers: tuple[int, ...] | None = None
+    sites: tuple[str, ...] = store.SITES
+    head_layers: tuple[int, ...] | None = None
+    per_token_layers: tuple[int, ...] = ()
+    batch_size: int = 16
+    chunk_samples: int = 256
+    store_dtype: str = "float16"
+    prepend_bos: bool = True
+    compression_level: int = 3
+    model_name: str = "model"
+    resid_layers: tuple[int, ...] = field(init=False)
+    head_layers_: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self):
+        layers = tuple(range(self.n_layers)) if self.layers is None else tuple(self.layers)
+        heads = layers if self.head_layers is None else tuple(self.head_layers)
+        for key, values in (
+            ("layers", layers),
+            ("head_layers", heads),
+            ("per_token_layers", self.per_token_layers),
+        ):
+            bad = [v for v in values if not 0 <= v < self.n_layers]
+            if bad:
+                raise ConfigError(
+                    f"extract.{key}: layer {bad[0]} out of range for model "
+                    f"{self.model_name!r} with {self.n_layers} layers (0..{self.n_layers - 1})"
+                )
+        unknown = [s for s in self.sites if s not in store.SITES]
+        if unknown:
+            raise ConfigError(
+                f"extract.sites: unknown site {unknown[0]!r}; expected {', '.join(store.SITES)}"
+            )
+        if self.store_dtype not in STORE_DTYPES:
+            raise ConfigError(
+                f"extract.store_dtype: {self.store_dtype!r} not in {', '.join(STORE_DTYPES)}"
+            )
+        if self.batch_size < 1 or self.chunk_samples < 1:
+            raise ConfigError("extract.batch_size and extract.chunk_samples must be >= 1")
+        object.__setattr__(self, "resid_layers", tuple(sorted(set(layers))))
+        object.__setattr__(self, "head_layers_", tuple(sorted(set(heads))))
+
+    def hooks(self) -> list[str]:
+        """Hook names to attach, in forward order."""
+        names = {store.hook_name(layer, site) for layer in self.resid_layers for site in self.sites}
+        names |= {store.hook_name(layer, "hook_resid_post") for layer in self.per_token_layers}
+        names |= {store.hook_name(layer, "attn.hook_z") for layer in self.head_layers_}
+        return sorted(
+            names,
+            key=lambda n: (store.parse_hook_name(n)[0], SITE_ORDER[store.parse_hook_name(n)[1]]),
+        )
+
+
+class _Recorder:
+    """Hook functions attached once for a whole run; each batch sets its masks and indices.
+
+    Entering ``bridge.hooks`` per batch costs ~0.4 s (TransformerLens rebuilds its alias map),
+    more than the forward pass of a small batch, so hooks stay attached across batches.
+    """
+
+    def __init__(self, bridge, cfg: ExtractConfig, pad_id: int):
+        self.bridge, self.cfg, self.pad_id = bridge, cfg, pad_id
+        self.device = next(bridge.parameters()).device
+        self.W_O = bridge.W_O.detach().float()
+        self.hooks = cfg.hooks()
+        self.per_token_names = {
+            store.hook_name(layer, "hook_resid_post"): layer for layer in cfg.per_token_layers
+        }
+        self.pooled_names = {
+            store.hook_name(layer, site) for layer in cfg.resid_layers for site in cfg.sites
+        }
+
+    def fwd_hooks(self):
+        return [(name, lambda x, name=name: self.record(x, name)) for name in self.hooks]
+
+    def record(self, x, name):
+        layer, site = store.parse_hook_name(name)
+        x = x.float()
+        B = x.shape[0]
+        if site == "attn.hook_z":
+            z = x[self.rows, self.last].reshape(B, self.W_O.shape[1], -1)  # [B, head, d_head]
+            result = torch.einsum("bhd,hdm->bhm", z, self.W_O[layer])
+            self.pooled[store.hook_name(layer, store.HEAD_SITE)] = result.cpu().numpy()
+        else:
+            if name in self.pooled_names:
+                pooled = torch.stack(
+                    [
+                        x[self.rows, self.last],
+                        (x * self.span_w).sum(1),
+                        (x * self.tok_w).sum(1),
+                    ],
+                    dim=1,
+                )
+                self.pooled[name] = pooled.cpu().numpy()
+            if name in self.per_token_names:
+                xc = x.cpu()
+                self.per_token[self.per_token_names[name]] = [
+                    xc[i, t.first : len(t.ids)].numpy() for i, t in enumerate(self.batch)
+                ]
+        if name == self.hooks[-1]:
+            raise StopForward
+        return None
+
+    def run(self, batch: Sequence[Tokenized]):
+        """Forward one right-padded batch; returns ({hook: pooled array}, {layer: per-token})."""
+        B = len(batch)
+        tokens, lengths = right_pad([t.ids for t in batch], self.pad_id)
+        lengths = torch.tensor(lengths)
+        P = tokens.shape[1]
+        span = torch.zeros(B, P)
+        tok = torch.zeros(B, P)
+        for i, t in enumerate(batch):
+            span[i, torch.from_numpy(t.span)] = 1
+            tok[i, t.first : len(t.ids)] = 1
+        dev = self.device
+        self.batch = batch
+        self.rows = torch.arange(B, device=dev)
+        self.last = (lengths - 1).to(dev)
+        self.span_w = (span / span.sum(1, keepdim=True)).unsqueeze(-1).to(dev)
+        self.tok_w = (tok / tok.sum(1, keepdim=True)).unsqueeze(-1).to(dev)
+        self.pooled, self.per_token = {}, {}
+        run_to_stop(self.bridge, tokens.to(dev), return_type=None)
+        fired = set(self.pooled) | {
+            store.hook_name(layer, "hook_resid_post") for layer in self.per_token
+        }
+        for name in self.hooks:
+            layer, site = store.parse_hook_name(name)
+            key = store.hook_name(layer, store.HEAD_SITE) if site == "attn.hook_z" else name
+            if key not in fired:
+                raise HookError(f"model {self.cfg.model_name!r}: hook {name} never fired")
+        return self.pooled, self.per_token
+
+
+def _compressor(level: int):
+    return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
+
+
+def _check_finite(name: str, arr: np.ndarray, cfg: ExtractConfig) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        raise ExtractionError(
+            f"model {cfg.model_name!r}: NaN/inf activations at {name}; check the model's dtype "
+            "(use float32) and weights"
+        )
+    if cfg.store_dtype == "float16":
+        peak = float(np.abs(arr).max(initial=0.0))
+        if peak > float(np.finfo(np.float16).max):
+            raise ExtractionError(
+                f"model {cfg.model_name!r}: |activation| {peak:.3g} at {name} overflows float16; "
+                "set extract.store_dtype: float32"
+            )
+    return arr.astype(cfg.store_dtype)
+
+
+def extract_to_zarr(
+    bridge,
+    rows: Sequence[dict],
+    cfg: ExtractConfig,
+    out_path: str | os.PathLike,
+    progress: bool = True,
+) -> dict:
+    """Write the activation store for ``rows`` at ``out_path``; returns summary facts."""
+    from tqdm import tqdm
+
+    tokenizer = bridge.tokenizer
+    toks = tokenize(tokenizer, rows, cfg.prepend_bos)
+    pad = pad_id(tokenizer)
+    d_model = bridge.cfg.d_model
+    n_heads = bridge.W_O.shape[1]
+    N = len(rows)
+    chunk = min(cfg.chunk_samples, N)
+
+    store.ignore_unstable_dtype_warning()
+    root = zarr.open_group(Path(out_path), mode="w", zarr_format=3)
+    root.attrs.update(
+        {
+            "model": cfg.model_name,
+            "positions": list(store.POSITIONS),
+            "prepend_bos": cfg.prepend_bos,
+            "mean_excludes_bos": True,
+            "n_layers": cfg.n_layers,
+            "d_model": d_model,
+            "n_heads": n_heads,
+        }
+    )
+    for key, values in _coords(rows).items():
+        root.create_array(key, data=values, dimension_names=["sample"])
+    root.create_array("position", data=np.array(store.POSITIONS), dimension_names=["position"])
+    root.create_array(
+        "n_tokens",
+        data=np.array([len(t.ids) for t in toks], dtype=np.int32),
+        dimension_names=["sample"],
+    )
+    comp = _compressor(cfg.compression_level)
+    arrays = {}
+    for layer in cfg.resid_layers:
+        for site in cfg.sites:
+            name = store.hook_name(layer, site)
+            arrays[name] = root.create_array(
+                name,
+                shape=(N, len(store.POSITIONS), d_model),
+                chunks=(chunk, len(store.POSITIONS), d_model),
+                dtype=cfg.store_dtype,
+                compressors=comp,
+                dimension_names=["sample", "position", "d_model"],
+                attributes={"coordinates": COORDS_ATTR},
+            )
+    for layer in cfg.head_layers_:
+        name = store.hook_name(layer, store.HEAD_SITE)
+        arrays[name] = root.create_array(
+            name,
+            shape=(N, n_heads, d_model),
+            chunks=(chunk, n_heads, d_model),
+            dtype=cfg.store_dtype,
+            compressors=comp,
+            dimension_names=["sample", "head", "d_model"],
+            attributes={
+                "coordinates": COORDS_ATTR,
+                "position": "last",
+                "definition": "attn.hook_z @ W_O per head (before any post-attention norm)",
+            },
+        )
+    n_tok_per = np.array([len(t.ids) - t.first for t in toks])
+    offsets = np.concatenate([[0], np.cumsum(n_tok_per)])
+    tok_arrays = {}
+    if cfg.per_token_layers:
+        T = int(offsets[-1])
+        grp = root.create_group(store.TOKENS_GROUP)
+        grp.create_array(
+            "sample_index",
+            data=np.repeat(np.arange(N, dtype=np.int32), n_tok_per),
+            dimension_names=["token"],
+        )
+        grp.create_array(
+            "position",
+            data=np.concatenate([np.arange(t.first, len(t.ids), dtype=np.int32) for t in toks]),
+            dimension_names=["token"],
+        )
+        grp.create_array(
+            "token_id",
+            data=np.concatenate([t.ids[t.first :] for t in toks]).astype(np.int32),
+            dimension_names=["token"],
+        )
+        tok_chunk = max(1, min(T, 4096))
+        for layer in cfg.per_token_layers:
+            name = store.hook_name(layer, "hook_resid_post")
+            tok_arrays[layer] = grp.create_array(
+                name,
+                shape=(T, d_model),
+                chunks=(tok_chunk, d_model),
+                dtype=cfg.store_dtype,
+                compressors=comp,
+                dimension_names=["token", "d_model"],
+            )
+
+    recorder = _Recorder(bridge, cfg, pad)
+    bar = tqdm(total=N, desc=f"extract {cfg.model_name}", unit="prompt", disable=not progress)
+    n_tokens = 0
+    with torch.no_grad(), attach_bridge(bridge, recorder.fwd_hooks()):
+        for c0 in range(0, N, chunk):
+            c1 = min(N, c0 + chunk)
+            idx = sorted(range(c0, c1), key=lambda i: (len(toks[i].ids), i))
+            buf = {
+                name: np.empty((c1 - c0,) + a.shape[1:], dtype=np.float32)
+                for name, a in arrays.items()
+            }
+            tok_buf = {
+                layer: np.empty((offsets[c1] - offsets[c0], d_model), np.float32)
+                for layer in tok_arrays
+            }
+            for b0 in range(0, len(idx), cfg.batch_size):
+                sel = idx[b0 : b0 + cfg.batch_size]
+                pooled, per_token = recorder.run([toks[i] for i in sel])
+                local = np.asarray(sel) - c0
+                for name, values in pooled.items():
+                    buf[name][local] = values
+                for layer, pieces in per_token.items():
+                    for i, piece in zip(sel, pieces, strict=True):
+                        tok_buf[layer][offsets[i] - offsets[c0] : offsets[i + 1] - offsets[c0]] = (
+                            piece
+                        )
+                n_tokens += sum(len(toks[i].ids) for i in sel)
+                bar.update(len(sel))
+            for name, values in buf.items():
+                arrays[name][c0:c1] = _check_finite(name, values, cfg)
+            for layer, values in tok_buf.items():
+                name = f"{store.TOKENS_GROUP}/{store.hook_name(layer, 'hook_resid_post')}"
+                tok_arrays[layer][offsets[c0] : offsets[c1]] = _check_finite(name, values, cfg)
+    bar.close()
+    return {
+        "n_samples": N,
+        "n_tokens": n_tokens,
+        "hooks": cfg.hooks(),
+        "d_model": d_model,
+        "n_heads": n_heads,
+    }
+
+
+def _coords(rows: Sequence[dict]) -> dict[str, np.ndarray]:
+    coords = {"sample": np.array([r["sample_id"] for r in rows])}
+    coords.update({key: np.array([str(r[key]) for r in rows]) for key in store.SAMPLE_COORDS})
+    return coords

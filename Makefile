@@ -31,8 +31,11 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest tests
 
+# style checks (CI runs them before the tests)
 lint: setup
 	$(BIN)/ruff check src tests workflow_scripts benchmarks
+	$(BIN)/ruff format --check src tests workflow_scripts benchmarks
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
 
 dag: setup

@@ -3,7 +3,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from circuitflow.config import describe_validation_error
+from circuitflow.workflow import describe_validation_error
 
 min_version("9.0")
 

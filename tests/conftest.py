@@ -23,7 +23,7 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_rows() -> list[dict]:
     """The tests/data dataset, validated and split."""
-    from circuitflow.dataset import build_prompt_dataset
+    from circuitflow.datasets import build_prompt_dataset
 
     return build_prompt_dataset(
         TESTS / "data" / "prompts.jsonl",

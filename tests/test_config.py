@@ -9,7 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from circuitflow.config import describe_validation_error
+from circuitflow.workflow import describe_validation_error
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")

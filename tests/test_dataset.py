@@ -1,4 +1,4 @@
-"""circuitflow.dataset: source validation (exact messages), splits, sample ids, shipped data."""
+"""circuitflow.datasets.prompts: source validation (exact messages), splits, sample ids, shipped data."""
 
 import json
 from collections import Counter
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from circuitflow.dataset import (
+from circuitflow.datasets import (
     DatasetError,
     build_prompt_dataset,
     expand_frames,

@@ -5,7 +5,8 @@ bad line."""
 import numpy as np
 import pytest
 
-from circuitflow import images, store
+from circuitflow import store
+from circuitflow.datasets import images, manifests
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +167,9 @@ def test_para_manifest_loads_and_builds(tmp_path):
         tmp_path,
         [header, "imgs/a.jpg,3.5,3,4,2", "imgs/b.jpg,2.0,2,2,2", "imgs/c.jpg,4.5,5,4,4"],
     )
-    rows = images.load_score_manifest(path, "para")
+    rows = manifests.load_score_manifest(path, "para")
     assert [r["overall"] for r in rows] == [3.5, 2.0, 4.5] and rows[0]["lighting"] == 4
-    built, ims = images.build_manifest_dataset(path, "para", 32, 0.34, seed=0)
+    built, ims = manifests.build_manifest_dataset(path, "para", 32, 0.34, seed=0)
     assert ims.shape == (3, 32, 32, 3)
     assert [r["label"] for r in built] == ["mid", "low", "high"]
 
@@ -185,11 +186,11 @@ def test_bad_manifest_line_is_one_line_error(tmp_path, line, message):
     header = "imageName,aestheticScore_mean,compositionScore_mean,lightScore_mean,colorScore_mean"
     path = _write_para(tmp_path, [header, "imgs/a.jpg,3.5,3,4,2", line])
     with pytest.raises(images.ImageDatasetError, match=message) as info:
-        images.load_score_manifest(path, "para")
+        manifests.load_score_manifest(path, "para")
     assert "\n" not in str(info.value)
 
 
 def test_aadb_manifest_without_score_column_names_the_file(tmp_path):
     path = _write_para(tmp_path, ["ImageFile,Light", "imgs/a.jpg,0.2"])
     with pytest.raises(images.ImageDatasetError, match=r"para\.csv:1: no overall column"):
-        images.load_score_manifest(path, "aadb")
+        manifests.load_score_manifest(path, "aadb")

@@ -8,7 +8,7 @@ import torch
 from conftest import REPO
 from transformers import AutoModelForCausalLM
 
-from circuitflow import dataset, extract, models, store
+from circuitflow import datasets, extract, models, store
 from circuitflow.core import tokens
 
 pytestmark = [
@@ -45,7 +45,7 @@ def test_prepared_folder_is_plain_bf16_llama(smollm2):
 
 def test_extraction_matches_hf_forward(smollm2, tmp_path):
     folder, _ = smollm2
-    rows = dataset.build_prompt_dataset(
+    rows = datasets.build_prompt_dataset(
         REPO / "data/emotion/prompts.jsonl",
         REPO / "data/emotion/frames.jsonl",
         ["gratitude", "anger", "apology", "neutral"],

@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 
 from circuitflow import report
+from circuitflow.report.vision import _hook_order
 
 
 def test_vision_figures_draw(tmp_path):
     hooks = ["vision.blocks.1.hook_resid_post", "blocks.0.hook_resid_post"]
     hooks += ["vision.blocks.0.hook_resid_post"]
-    assert report._hook_order(hooks) == [hooks[2], hooks[0], hooks[1]]
+    assert _hook_order(hooks) == [hooks[2], hooks[0], hooks[1]]
     probes = pd.DataFrame(
         {
             "model": "m",

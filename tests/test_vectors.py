@@ -1,4 +1,4 @@
-"""circuitflow.vectors: mean-difference directions recover a planted direction; projections."""
+"""circuitflow.vectors.diffmeans: mean-difference directions recover a planted direction; projections."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """build_images: photographs (builtin, files, folders) or a scored CSV manifest ->
 results/datasets/{dataset}/ (samples.jsonl + images.zarr + manifest)."""
 
-from circuitflow import dataset, images, store
+from circuitflow import datasets, store
 from circuitflow.workflow import run_logged
 
 
@@ -9,28 +9,28 @@ def main(smk):
     p = smk.params
     if p.kind == "image_manifest":
         m = p.manifest
-        rows, ims = images.build_manifest_dataset(
+        rows, ims = datasets.build_manifest_dataset(
             m["csv"], m["layout"], p.images["size"], p.test_fraction, p.seed, m.get("image_root")
         )
         unknown = sorted({r["label"] for r in rows} - set(p.labels))
         if unknown:
-            raise images.ImageDatasetError(
+            raise datasets.ImageDatasetError(
                 f"config key datasets.{p.dataset}.labels: manifest labels include {unknown[0]!r}; "
                 "use labels [high, mid, low]"
             )
     else:
         settings = dict(p.images)
-        spec = images.ImageSpec(
+        spec = datasets.ImageSpec(
             labels=tuple(p.labels),
             size=settings["size"],
             work_size=settings["work_size"],
             jitter_copies=settings["jitter_copies"],
-            levels={**images.DEFAULT_LEVELS, **settings.get("levels", {})},
+            levels={**datasets.DEFAULT_LEVELS, **settings.get("levels", {})},
         )
-        rows, ims = images.build_image_dataset(settings["sources"], spec, p.test_fraction, p.seed)
+        rows, ims = datasets.build_image_dataset(settings["sources"], spec, p.test_fraction, p.seed)
     store.write_samples(smk.output[0], rows)
     store.write_images(smk.output[0], ims)
-    counts = dataset.label_counts(rows)
+    counts = datasets.label_counts(rows)
     sources = {r["frame_id"]: r["split"] for r in rows}
     print(f"{len(rows)} images from {len(sources)} sources: {counts}")
     store.write_manifest(

@@ -1,12 +1,12 @@
 """build_prompts: prompt/frame JSONL sources -> results/datasets/{dataset}/samples.jsonl."""
 
-from circuitflow import dataset, store
+from circuitflow import datasets, store
 from circuitflow.workflow import run_logged
 
 
 def main(smk):
     p = smk.params
-    rows = dataset.build_prompt_dataset(
+    rows = datasets.build_prompt_dataset(
         smk.input.get("prompts"),
         smk.input.get("frames"),
         labels=p.labels,
@@ -14,7 +14,7 @@ def main(smk):
         seed=p.seed,
     )
     store.write_samples(smk.output[0], rows)
-    counts = dataset.label_counts(rows)
+    counts = datasets.label_counts(rows)
     print(f"{len(rows)} samples: {counts}")
     store.write_manifest(
         smk.output[0],

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow import probes, store
+from circuitflow import store
+from circuitflow.vectors import probes
 from circuitflow.workflow import run_logged
 
 

@@ -1,4 +1,6 @@
-"""Glue for workflow_scripts: logging to the rule's log, one-line errors, no partial outputs."""
+"""Glue between Snakemake and the library: config validation messages, schema defaults, and
+``run_logged`` for workflow_scripts (logging to the rule's log, one-line errors, no partial
+outputs)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,40 @@ import sys
 import traceback
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
+from functools import cache
 from pathlib import Path
 
+import yaml
+
 from circuitflow import store
+
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+def describe_validation_error(err) -> str:
+    """One line for a jsonschema ValidationError: the config key path and what is wrong."""
+    path = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        allowed = ", ".join(sorted(err.schema.get("properties", {})))
+        where = f"{path}." if err.absolute_path else ""
+        return f"config key {where}{extra[0]}: unknown key; allowed here: {allowed}"
+    return f"config key {path}: {err.message}"
+
+
+@cache
+def config_schema() -> dict:
+    """The workflow's config schema (``schemas/config.schema.yaml``), the home of every default."""
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def schema_defaults(*section: str) -> dict:
+    """``{key: default}`` of a config section, e.g. ``schema_defaults("patching")`` or
+    ``schema_defaults("vision", "patching")``: what a dataclass built from config falls back on."""
+    node = config_schema()
+    for key in section:
+        node = node["properties"][key]
+    return {k: v["default"] for k, v in node.get("properties", {}).items() if "default" in v}
 
 
 def run_logged(smk, main: Callable) -> None:

@@ -1,0 +1,74 @@
+"""Settings of the alignment phase: the methods, sites and positions it knows, the table's
+config dataclass, and the seed streams that keep each kind of random draw apart.
+
+The maps, the table and the bootstrap all read :class:`AlignmentConfig`, so it lives apart
+from each of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+METHODS = ("procrustes", "ridge", "cca")
+NO_MAP = "none"
+SITES = ("hook_resid_pre", "hook_resid_post")
+POSITIONS = ("mean", "last", "trigger_mean")
+
+# Seed streams: one per kind of random draw, so adding draws of one kind leaves others fixed.
+SHUFFLE_STREAM, RANDOM_STREAM, BOOTSTRAP_STREAM = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """Settings of one alignment table (config key ``alignment`` plus the global ``seed``)."""
+
+    methods: tuple[str, ...] = METHODS
+    r_max: int = 64
+    ridge_alpha: float = 1.0
+    cca_components: int = 16
+    n_random: int = 50
+    n_shuffles: int = 3
+    k_max: int = 10
+    sites: tuple[str, ...] = SITES
+    positions: tuple[str, ...] = ("mean", "last")
+    grid_sites: tuple[str, ...] = ("hook_resid_post",)
+    grid_positions: tuple[str, ...] = ("mean",)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("methods", "sites", "positions", "grid_sites", "grid_positions"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        for key, allowed in (
+            ("methods", METHODS),
+            ("sites", SITES),
+            ("positions", POSITIONS),
+            ("grid_sites", SITES),
+            ("grid_positions", POSITIONS),
+        ):
+            bad = [v for v in getattr(self, key) if v not in allowed]
+            if bad:
+                raise ValueError(f"alignment.{key}: {bad} not among {list(allowed)}")
+        for key in ("r_max", "cca_components", "k_max"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"alignment.{key}: {getattr(self, key)} must be >= 1")
+        for key in ("n_random", "n_shuffles"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"alignment.{key}: {getattr(self, key)} must be >= 0")
+        if not self.ridge_alpha > 0:
+            raise ValueError(f"alignment.ridge_alpha: {self.ridge_alpha} must be > 0")
+        if self.seed < 0:
+            raise ValueError(f"seed: {self.seed} must be >= 0")
+
+    @classmethod
+    def from_config(cls, alignment: Mapping, seed: int, k_max: int) -> AlignmentConfig:
+        """From the validated config section (unknown keys such as ``pairs`` are ignored);
+        ``k_max`` is the fallback when the section has none (the vectors phase's k_max)."""
+        names = set(cls.__dataclass_fields__) - {"seed", "k_max"}
+        kwargs = {key: alignment[key] for key in names if key in alignment}
+        return cls(**kwargs, seed=seed, k_max=alignment.get("k_max", k_max))
+
+
+def config_dict(config: AlignmentConfig) -> dict:
+    """The config as plain JSON-ready values (for manifests)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}

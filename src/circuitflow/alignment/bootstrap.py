@@ -29,10 +29,7 @@ from circuitflow.alignment.config import (
 from circuitflow.alignment.nulls import random_bases
 from circuitflow.alignment.table import Side, align_pair
 from circuitflow.core import rand
-
-# TODO(lead): cross-phase. replicate_side recomputes the emotion subspaces of resampled rows
-# exactly as the vectors phase does; the vectors store holds only the full-sample subspaces.
-from circuitflow.vectors import difference_vectors, pca_subspace
+from circuitflow.core.subspaces import difference_vectors, pca_subspace
 
 BOOTSTRAP_COLUMNS = (
     "dataset",

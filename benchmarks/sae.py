@@ -87,11 +87,15 @@ def run_ours(args, x_train, x_test) -> dict:
         d_in=x_train.shape[1],
         architecture="standard",
         expansion_factor=args.expansion_factor,
+        k=32,  # topk only
         l1_coefficient=args.l1,
         lr=args.lr,
         batch_size=args.batch_size,
+        n_epochs=1,  # training_tokens overrides it
         training_tokens=args.steps * args.batch_size,
+        seed=0,
         normalize_activations="expected_average_only_in",
+        b_dec_init="geometric_median",
         lr_decay_fraction=0.0,  # SAELens's default schedule is constant
         train_threads=args.threads,
     )

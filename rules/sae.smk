@@ -1,4 +1,4 @@
-# Sparse autoencoders on per-token activations (issue 3).
+# Sparse autoencoders on per-token activations.
 
 
 rule train_sae:
@@ -11,7 +11,8 @@ rule train_sae:
         directory(store.SAE_DIR),
     wildcard_constraints:
         hook=r"blocks\.\d+\.hook_resid_post",
-        architecture="standard|topk",
+        # any name: circuitflow.sae's registry rejects an unregistered one in one line
+        architecture=_choice(config["sae"]["architectures"]),
     params:
         # every wildcard is a param: Snakemake's cache hash ignores wildcards
         dataset="{dataset}",

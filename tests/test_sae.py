@@ -1,16 +1,37 @@
 """circuitflow.sae: dictionary recovery, SAELens round trip, determinism, CE-loss recovered."""
 
+import dataclasses
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from circuitflow import extract, models, sae
+from circuitflow import models, sae
+from circuitflow.core import tokens
+from circuitflow.core.errors import CircuitflowError
+from circuitflow.workflow import config_schema, schema_defaults
 
 D_IN = 32
 N_ATOMS = 48
+
+
+def _schema_sae() -> dict:
+    """The schema's ``sae`` properties (name -> JSON-schema entry)."""
+    return config_schema()["properties"]["sae"]["properties"]
+
+
+def _section(**kw) -> dict:
+    """The ``sae`` config section as validation leaves it: schema defaults, then ``kw``."""
+    return {**schema_defaults("sae"), **kw}
+
+
+def _config(d_in, architecture, seed=0, **kw) -> sae.SAETrainConfig:
+    """SAETrainConfig with the workflow defaults (the schema's) except ``kw``."""
+    training = {k: v for k, v in _section().items() if k not in sae.WORKFLOW_KEYS}
+    return sae.SAETrainConfig(d_in=d_in, architecture=architecture, seed=seed, **{**training, **kw})
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,18 +61,10 @@ def synthetic():
 
 def _cfg(architecture, **kw):
     settings = dict(
-        d_in=D_IN,
-        architecture=architecture,
-        expansion_factor=4,
-        k=3,
-        l1_coefficient=1.0,
-        lr=3e-3,
-        batch_size=256,
-        n_epochs=8,
-        seed=0,
+        expansion_factor=4, k=3, l1_coefficient=1.0, lr=3e-3, batch_size=256, n_epochs=8, seed=0
     )
     settings.update(kw)
-    return sae.SAETrainConfig(**settings)
+    return _config(D_IN, architecture, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +108,9 @@ def test_hand_written_gradients_equal_autograd(architecture):
         torch.randn(m, d, generator=gen, dtype=torch.float64),  # W_dec
         torch.randn(d, generator=gen, dtype=torch.float64),  # b_dec
     ]
-    if architecture == "standard":
-        loss, _, grads = sae._grads_standard(x, *params, l1)
-    else:
-        loss, _, grads = sae._grads_topk(x, *params, k)
+    loss, _, grads = sae.get_sae_class(architecture).grads(
+        x, params, SimpleNamespace(l1_coefficient=l1, k=k)
+    )
     leaves = [p.clone().requires_grad_(True) for p in params]
     W_encT, b_enc, W_dec, b_dec = leaves
     pre = (x - b_dec) @ W_encT.T + b_enc
@@ -179,7 +191,7 @@ def test_batches_mix_samples():
     """Rows sorted by sample (as the store holds them): every batch draws from many samples,
     each epoch uses every row once, training_tokens overrides n_epochs."""
     sample_of_row = np.repeat(np.arange(100), 20)  # 100 samples x 20 tokens, in order
-    cfg = sae.SAETrainConfig(d_in=4, architecture="standard", batch_size=300, n_epochs=3, seed=5)
+    cfg = _config(4, "standard", batch_size=300, n_epochs=3, seed=5)
     batches = list(sae.batch_indices(len(sample_of_row), cfg))
     assert len(batches) == cfg.n_steps(2000) == 20  # ceil(3 * 2000 / 300)
     assert all(len(b) == 300 for b in batches)  # full batches across epoch boundaries
@@ -192,8 +204,8 @@ def test_batches_mix_samples():
         )
     again = list(sae.batch_indices(2000, cfg))
     assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
-    tokens = sae.SAETrainConfig(d_in=4, architecture="standard", batch_size=4, training_tokens=10)
-    assert tokens.n_steps(1000) == 3
+    by_tokens = _config(4, "standard", batch_size=4, training_tokens=10)
+    assert by_tokens.n_steps(1000) == 3
 
 
 # ---------------------------------------------------------------- config errors
@@ -202,7 +214,7 @@ def test_batches_mix_samples():
     [
         (
             {"architecture": "gated"},
-            "sae.architecture: 'gated' is invalid; expected one of standard, topk",
+            "sae.architectures: 'gated' is invalid; expected one of standard, topk",
         ),
         (
             {"architecture": "topk", "k": 0},
@@ -235,20 +247,106 @@ def test_batches_mix_samples():
     ],
 )
 def test_config_errors_name_the_key(kwargs, message):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        sae.SAETrainConfig(d_in=8, **kwargs)
+    settings = {"architecture": "topk", "expansion_factor": 4, **kwargs}
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$") as err:
+        _config(8, **settings)
+    assert isinstance(err.value, CircuitflowError)
 
 
 def test_config_from_section_drops_workflow_keys():
-    section = {"architectures": ["topk"], "ce_loss_prompts": 8, "k": 4, "lr": 1e-3}
+    section = _section(architectures=["topk"], ce_loss_prompts=8, k=4, lr=1e-3)
     cfg = sae.SAETrainConfig.from_config(section, d_in=16, architecture="topk", seed=3)
     assert (cfg.d_sae, cfg.k, cfg.lr, cfg.seed) == (64, 4, 1e-3, 3)
+    assert cfg.normalize_activations == _schema_sae()["normalize_activations"]["default"]
     with pytest.raises(TypeError):
-        sae.SAETrainConfig.from_config({"bogus": 1}, d_in=16, architecture="topk", seed=0)
+        sae.SAETrainConfig.from_config(_section(bogus=1), d_in=16, architecture="topk", seed=0)
+    incomplete = {"k": 4, "lr": 1e-3}
+    with pytest.raises(ValueError, match=r"^sae\.expansion_factor: missing .*set_default=True\)$"):
+        sae.SAETrainConfig.from_config(incomplete, d_in=16, architecture="topk", seed=0)
+
+
+def test_defaults_live_in_the_schema():
+    """Every training setting with a config key has no dataclass default; the schema's
+    architecture enum is the registry."""
+    schema = _schema_sae()
+    fields = {f.name: f for f in dataclasses.fields(sae.SAETrainConfig)}
+    backed = [key for key in schema if key in fields] + ["architecture", "seed"]
+    assert len(backed) == 12
+    for key in backed:
+        assert fields[key].default is dataclasses.MISSING, key
+        assert fields[key].default_factory is dataclasses.MISSING, key
+    assert set(schema) - set(fields) == set(sae.WORKFLOW_KEYS)
+    assert tuple(schema["architectures"]["items"]["enum"]) == sae.ARCHITECTURES
+    assert sae.ARCHITECTURES == sae.architecture_names() == ("standard", "topk")
+    assert schema["normalize_activations"]["enum"] == list(sae.NORMALIZATIONS)
+    assert schema["b_dec_init"]["enum"] == list(sae.B_DEC_INITS)
+
+
+class _CappedReLU(sae.SAEArchitecture):
+    """A toy architecture, as a contributor would add one: ReLU features capped at 6."""
+
+    encoder_init_scale = 0.1
+
+    @staticmethod
+    def activate(pre, cfg):
+        return pre.clamp_(0, 6)
+
+    @staticmethod
+    def grads(x, params, cfg):  # the standard step (ignores the cap): enough for a test
+        return sae.get_sae_class("standard").grads(x, params, cfg)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the architecture registry for one test."""
+    monkeypatch.setattr(sae.base, "_REGISTRY", dict(sae.base._REGISTRY))
+
+
+def test_an_architecture_is_one_registered_class(registry, synthetic, tmp_path):
+    x, _ = synthetic
+    sae.register_sae_class("capped_relu", _CappedReLU)
+    assert sae.architecture_names() == ("standard", "topk", "capped_relu")
+    cfg = _cfg("capped_relu", n_epochs=1)
+    model = sae.train_sae(x, cfg)
+    assert float(model.encode(x[:200]).max()) <= 6
+    sae.save_sae(model, tmp_path, metadata={})
+    saved = json.loads((tmp_path / sae.CFG_FILE).read_text())
+    assert saved["architecture"] == "capped_relu" and "k" not in saved
+    assert saved["metadata"]["training_architecture_details"] == {}
+    back = sae.load_sae(tmp_path)
+    assert back.cfg == cfg  # the training config comes back from metadata.training
+    torch.testing.assert_close(back.encode(x[:200]), model.encode(x[:200]))
+
+
+def test_register_sae_class_errors(registry):
+    class NoStep(sae.SAEArchitecture):
+        @staticmethod
+        def activate(pre, cfg):
+            return pre
+
+    with pytest.raises(TypeError, match="NoStep must define grads"):
+        sae.register_sae_class("nostep", NoStep)
+    with pytest.raises(ValueError, match="'topk' is already TopKSAE"):
+        sae.register_sae_class("topk", _CappedReLU)
+    with pytest.raises(ValueError, match=r"^sae\.architectures: 'gated' is invalid"):
+        sae.get_sae_class("gated")
+
+
+def test_load_sae_trained_elsewhere(trained, synthetic, tmp_path):
+    """A SAELens cfg.json without our training metadata loads for inference."""
+    x, _ = synthetic
+    model = trained["topk"]
+    sae.save_sae(model, tmp_path, metadata={})
+    cfg = json.loads((tmp_path / sae.CFG_FILE).read_text())
+    cfg["metadata"] = {"sae_lens_version": "6.54.12"}
+    (tmp_path / sae.CFG_FILE).write_text(json.dumps(cfg))
+    back = sae.load_sae(tmp_path)
+    assert (back.cfg.architecture, back.cfg.d_sae, back.cfg.k) == ("topk", 4 * D_IN, 3)
+    torch.testing.assert_close(back.encode(x[:200]), model.encode(x[:200]))
 
 
 def test_training_input_errors():
-    cfg = sae.SAETrainConfig(d_in=4, k=2)
+    cfg = _config(4, "topk", k=2)
     with pytest.raises(ValueError, match=r"shape \(3, 5\); expected \[n, 4\]"):
         sae.train_sae(np.zeros((3, 5), np.float32), cfg)
     bad = np.zeros((3, 4), np.float32)
@@ -261,7 +359,7 @@ def test_training_input_errors():
 def _identity_sae(d: int) -> sae.SAE:
     """A real ReLU SAE that reconstructs exactly: f = [relu(x), relu(-x)], x_hat = f+ - f-."""
     eye = torch.eye(d)
-    cfg = sae.SAETrainConfig(d_in=d, architecture="standard", expansion_factor=2)
+    cfg = _config(d, "standard", expansion_factor=2)
     return sae.SAE(
         W_enc=torch.cat([eye, -eye], dim=1),
         b_enc=torch.zeros(2 * d),
@@ -274,7 +372,7 @@ def _identity_sae(d: int) -> sae.SAE:
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_model_dirs, tiny_rows):
     bridge = models.load_bridge(tiny_model_dirs["llama"])
-    toks = extract.tokenize(bridge.tokenizer, tiny_rows[:12], prepend_bos=True)
+    toks = tokens.tokenize(bridge.tokenizer, tiny_rows[:12], prepend_bos=True)
     return bridge, [t.ids for t in toks]
 
 

@@ -9,7 +9,8 @@ import json
 
 import numpy as np
 
-from circuitflow import extract, models, sae, store
+from circuitflow import models, sae, store
+from circuitflow.core.tokens import tokenize
 from circuitflow.workflow import run_logged
 
 
@@ -41,7 +42,7 @@ def main(smk):
     bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
     test_samples = np.flatnonzero(tokens.splits == "test")
     chosen = test_samples[sae.choose_prompts(len(test_samples), p.sae["ce_loss_prompts"], p.seed)]
-    toks = extract.tokenize(bridge.tokenizer, [samples[i] for i in chosen], p.prepend_bos)
+    toks = tokenize(bridge.tokenizer, [samples[i] for i in chosen], p.prepend_bos)
     for i, t in zip(chosen, toks, strict=True):
         stored = tokens.token_id[tokens.sample_index == i]
         if not np.array_equal(stored, t.ids[t.first :]):

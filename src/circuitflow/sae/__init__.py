@@ -1,0 +1,90 @@
+"""Sparse autoencoders on per-token activations: training, SAELens-format I/O and evaluation.
+
+One file per architecture (``standard``: ReLU + L1; ``topk``), each a registered
+:class:`SAEArchitecture`; ``base`` holds the SAE container and the registry, ``config`` the
+training settings, ``training`` the deterministic trainer, ``metrics`` the evaluation and
+``io`` the SAELens 6.54 file format. Tensors: activations x [n, d_in], features f [n, d_sae].
+"""
+
+from circuitflow.sae import standard, topk  # noqa: F401  (each registers its architecture)
+from circuitflow.sae.base import (
+    SAE,
+    SAEArchitecture,
+    SAEError,
+    architecture_names,
+    get_sae_class,
+    register_sae_class,
+)
+from circuitflow.sae.config import B_DEC_INITS, NORMALIZATIONS, WORKFLOW_KEYS, SAETrainConfig
+from circuitflow.sae.io import (
+    CFG_FILE,
+    FEATURES_FILE,
+    METRICS_FILE,
+    SAE_LENS_VERSION,
+    WEIGHTS_FILE,
+    TokenActivations,
+    load_sae,
+    read_tokens,
+    sae_lens_cfg,
+    save_sae,
+)
+from circuitflow.sae.metrics import (
+    TOP_N,
+    CELossResult,
+    ReconstructionMetrics,
+    auroc,
+    ce_loss_recovered,
+    choose_prompts,
+    feature_table,
+    per_sample_max,
+    reconstruction_metrics,
+)
+from circuitflow.sae.training import (
+    activation_scaling_factor,
+    batch_indices,
+    deterministic,
+    geometric_median,
+    timer,
+    train_sae,
+)
+
+ARCHITECTURES = architecture_names()  # registered names, in registration order
+
+__all__ = [
+    "ARCHITECTURES",
+    "B_DEC_INITS",
+    "CFG_FILE",
+    "FEATURES_FILE",
+    "METRICS_FILE",
+    "NORMALIZATIONS",
+    "SAE",
+    "SAE_LENS_VERSION",
+    "TOP_N",
+    "WEIGHTS_FILE",
+    "WORKFLOW_KEYS",
+    "CELossResult",
+    "ReconstructionMetrics",
+    "SAEArchitecture",
+    "SAEError",
+    "SAETrainConfig",
+    "TokenActivations",
+    "activation_scaling_factor",
+    "architecture_names",
+    "auroc",
+    "batch_indices",
+    "ce_loss_recovered",
+    "choose_prompts",
+    "deterministic",
+    "feature_table",
+    "geometric_median",
+    "get_sae_class",
+    "load_sae",
+    "per_sample_max",
+    "read_tokens",
+    "reconstruction_metrics",
+    "register_sae_class",
+    "sae_lens_cfg",
+    "save_sae",
+    "timer",
+    "train_sae",
+]

@@ -11,7 +11,7 @@ rule train_sae:
         directory(store.SAE_DIR),
     wildcard_constraints:
         hook=r"blocks\.\d+\.hook_resid_post",
-        # any name: circuitflow.sae's registry rejects an unregistered one in one line
+        # the configured names (the schema enum, checked against the registry in a test)
         architecture=_choice(config["sae"]["architectures"]),
     params:
         # every wildcard is a param: Snakemake's cache hash ignores wildcards

@@ -12,7 +12,8 @@ rule align_models:
         vectors_a=lambda wc: store.VECTORS.format(dataset=wc.dataset, model=wc.model_a),
         vectors_b=lambda wc: store.VECTORS.format(dataset=wc.dataset, model=wc.model_b),
     output:
-        store.ALIGNMENT,
+        table=store.ALIGNMENT,
+        summaries=store.ALIGNMENT_SUMMARIES,
     wildcard_constraints:
         model_a=_choice(MODELS),
         model_b=_choice(MODELS),
@@ -22,6 +23,7 @@ rule align_models:
         model_b="{model_b}",
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         alignment=alignment_map_settings(),
+        summary_k=config["stats"]["alignment_k"],
         k_max=config["alignment"].get("k_max", config["vectors"]["k_max"]),
         seed=config["seed"],
     threads: 1

@@ -174,14 +174,44 @@ def steering_targets():
     ]
 
 
-# measurements.csv files (store.MEASUREMENTS_FILE layout) that effect_sizes consumes: a phase
-# that writes one appends a function returning its paths (each under results/<phase>/).
-# vision probes (rules/vectors.smk), vision patching / steering (rules/patching.smk, steering.smk)
-MEASUREMENT_SOURCES = [probes_targets, vision_patching_targets, vision_steering_targets]
+def separation_targets():
+    return [
+        store.VECTORS_MEASUREMENTS.format(dataset=d, model=m)
+        for d in DATASETS
+        for m in dataset_models(d)
+    ]
+
+
+def alignment_summaries_targets():
+    return [
+        store.ALIGNMENT_SUMMARIES.format(dataset=d, model_a=a, model_b=b)
+        for d in PROMPT_DATASETS
+        for a, b in alignment_pairs()
+    ]
+
+
+def sae_summaries_targets():
+    return sae_targets()  # directory outputs: their summaries.csv (store.summaries_file)
+
+
+# The statistics phase's inputs: measurements.csv files (store.MEASUREMENTS_FILE layout, per
+# unit) and summaries.csv files (store.SUMMARIES_FILE layout, per comparison). A phase that
+# writes one appends a function returning its paths (each under results/<phase>/).
+MEASUREMENT_SOURCES = [
+    separation_targets,
+    probes_targets,
+    vision_patching_targets,
+    vision_steering_targets,
+]
+SUMMARY_SOURCES = [alignment_summaries_targets, sae_summaries_targets]
 
 
 def measurements_targets():
     return [path for source in MEASUREMENT_SOURCES for path in source()]
+
+
+def summaries_targets():
+    return [path for source in SUMMARY_SOURCES for path in source()]
 
 
 def alignment_bootstrap_targets():

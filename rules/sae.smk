@@ -22,6 +22,7 @@ rule train_sae:
         sae={key: value for key, value in config["sae"].items() if key != "architectures"},
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        top_features=config["stats"]["sae_top_features"],
         seed=config["seed"],
         dtype=lambda wc: model_entry(wc.model)["dtype"],
         device=lambda wc: model_entry(wc.model)["device"],

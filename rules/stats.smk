@@ -1,20 +1,17 @@
-# Statistics (issue 5): effect sizes of every phase with corrections, power, k selection.
+# Statistics: effect sizes of every phase with corrections, power, k selection.
 
 
 rule effect_sizes:
     """Tidy effect-size table: one row per phase x model x layer x site x position x condition
     x setting x comparison x metric, p corrected within phase x dataset x model x metric."""
     input:
-        vectors=vectors_targets(),
         patching=patching_targets(),
         steering=steering_targets(),
-        alignment=alignment_targets(),
-        sae=sae_targets(),
         measurements=measurements_targets(),
+        summaries=summaries_targets(),
     output:
         EFFECT_SIZES,
     params:
-        baselines={name: entry["baseline"] for name, entry in config["datasets"].items()},
         seed=config["seed"],
         stats=config["stats"],
     log:

@@ -20,6 +20,25 @@ rule directions:
         "../workflow_scripts/vectors_directions.py"
 
 
+rule separation:
+    """Held-out projections on each direction as per-sample measurements (condition vs
+    baseline test samples) for the statistics phase."""
+    input:
+        store.VECTORS,
+    output:
+        store.VECTORS_MEASUREMENTS,
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+    log:
+        "logs/separation/{dataset}/{model}.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    script:
+        "../workflow_scripts/vectors_separation.py"
+
+
 # ---- vision ----
 rule probes:
     """Linear probes per attribute x hook x position (held-out R² / accuracy, split by source

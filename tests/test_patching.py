@@ -7,7 +7,9 @@ import torch
 from conftest import REPO
 from tiny_models import ARCHS
 
-from circuitflow import extract, models, patching
+from circuitflow import models, patching
+from circuitflow.core import rand, tokens
+from circuitflow.core.layers import resolve_layers
 
 LABELS = ["gratitude", "anger", "apology", "neutral"]
 TINY_WORDS = {  # single tokens of the tiny test tokenizer (others fall back to sub-tokens)
@@ -43,13 +45,13 @@ def _full_logits(bridge, ids):
 
 
 # ---------------------------------------------------------------- config and metric
-def test_select_layers():
-    assert patching.select_layers("all", 4) == (0, 1, 2, 3)
-    assert patching.select_layers(4, 30) == (0, 10, 19, 29)
-    assert patching.select_layers(50, 3) == (0, 1, 2)
-    assert patching.select_layers([0.0, 0.5, 1.0], 18) == (0, 8, 17)
+def test_layer_specs_of_the_patching_config():
+    assert resolve_layers("all", 4) == (0, 1, 2, 3)
+    assert resolve_layers(4, 30) == (0, 10, 19, 29)
+    assert resolve_layers(50, 3) == (0, 1, 2)
+    assert resolve_layers([0.0, 0.5, 1.0], 18) == (0, 9, 17)  # 8.5 rounds half up
     with pytest.raises(ValueError, match="patching.head_layers"):
-        patching.select_layers([1.5], 18, "head_layers")
+        resolve_layers([1.5], 18, "patching.head_layers")
     with pytest.raises(ValueError, match="patching.split"):
         patching.PatchConfig(split="dev")
 
@@ -153,7 +155,7 @@ def test_full_residual_patch_gives_clean_logits_at_every_layer(bridges, arch):
 
 
 def _tok(ids):
-    return extract.Tokenized(np.asarray(ids), np.array([1]), 1)
+    return tokens.Tokenized(np.asarray(ids), np.array([1]), 1)
 
 
 def _metric(bridge):
@@ -167,7 +169,7 @@ def test_frame_pairs_phrase_block_at_layer0_is_exact(bridges, tiny_rows, arch):
     toks = dict(
         zip(
             [r["sample_id"] for r in tiny_rows],
-            extract.tokenize(bridge.tokenizer, tiny_rows, True),
+            tokens.tokenize(bridge.tokenizer, tiny_rows, True),
             strict=True,
         )
     )
@@ -228,7 +230,7 @@ def test_patched_head_outputs_sum_to_attention_output(bridges, arch):
     extra = [
         (
             f"blocks.{layer}.attn.hook_out",
-            lambda x, hook: seen.__setitem__("out", x.detach().clone()),
+            lambda x: seen.__setitem__("out", x.detach().clone()),
         )
     ]
     patcher = _vocab_patcher(bridge, head_layers=[layer], extra_hooks=extra)
@@ -291,7 +293,7 @@ def test_projection_removes_the_direction_exactly(bridges, arch):
     ids, _, _ = _pair_ids(bridge, seed=3)
     T = len(ids)
     rng = np.random.default_rng(0)
-    basis = patching.orthonormal_rows(rng.normal(size=(2, d)), 2)
+    basis = rand.orthonormal_rows(rng.normal(size=(2, d)), 2)
     mask = (np.arange(T) % 2 == 0).astype(float)
     patcher = _vocab_patcher(bridge, resid_layers=[layer])
     with torch.no_grad(), patcher.attached():
@@ -333,8 +335,8 @@ def test_random_ablation_keeps_planted_direction():
         return ((probe.prob(xa.numpy()) >= 0.5) == y[~train]).mean()
 
     base = acc(np.zeros((1, d)))
-    planted = acc(patching.orthonormal_rows(u[None], 1))
-    randoms = [acc(patching.random_bases(1, 3, d, seed)[0]) for seed in range(5)]  # seeds 0..4
+    planted = acc(rand.orthonormal_rows(u[None], 1))
+    randoms = [acc(rand.random_bases(rand.rng(seed), 1, d, 3)[0].T) for seed in range(5)]
     assert base > 0.95
     assert min(randoms) > 0.9  # random 3-dim ablations leave the planted direction
     assert planted < 0.65  # the planted direction itself takes the classification away
@@ -363,7 +365,7 @@ def test_mean_ablation_keeps_a_constant_offset():
         xa = patching.project_out(x, b, mask, c)[0].numpy()
         return ((probe.prob(xa) >= 0.5) == y[~train]).mean(), xa
 
-    r = patching.random_bases(1, 1, d, 3)[0]
+    r = rand.random_bases(rand.rng(3), 1, d, 1)[0].T
     acc_zero, xa = acc(r, None)
     shift = (xa - X[~train]).mean(0)
     np.testing.assert_allclose(shift, -(offset @ r[0]) * r[0], atol=0.5)  # the offset moved
@@ -371,7 +373,7 @@ def test_mean_ablation_keeps_a_constant_offset():
     assert np.abs((xa - X[~train]).mean(0)).max() < 0.3  # mean ablation: no shift
     base, _ = acc(np.zeros((1, d)), None)
     assert base > 0.9 and acc_mean >= base - 0.05 and acc_zero <= 0.6
-    planted, xa = acc(patching.orthonormal_rows(u[None], 1), center)
+    planted, xa = acc(rand.orthonormal_rows(u[None], 1), center)
     assert planted < 0.65
     np.testing.assert_allclose(xa[:, 1], center[1].item())  # the component is its mean
 
@@ -379,7 +381,7 @@ def test_mean_ablation_keeps_a_constant_offset():
 def test_position_masks(tiny_rows, bridges):
     tok = bridges["llama"].tokenizer
     row = next(r for r in tiny_rows if r["label"] == "anger")
-    t = extract.tokenize(tok, [row], True)[0]
+    t = tokens.tokenize(tok, [row], True)[0]
     full = patching.position_mask(tok, t, "all")
     non = patching.position_mask(tok, t, "non_emotion")
     punct = patching.position_mask(tok, t, "punctuation")
@@ -411,7 +413,7 @@ def test_run_patching_tables(bridges, tiny_rows):
         mean_samples=4,
         metric_words=TINY_WORDS,
     )
-    out = patching.run_patching(
+    out = patching.run_text_patching(
         bridge,
         tiny_rows,
         cfg,

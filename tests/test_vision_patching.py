@@ -6,9 +6,12 @@ import pytest
 import torch
 from tiny_models import build_clip_folder
 
-from circuitflow import patching_vision as pv
-from circuitflow import probes, store, vision
-from circuitflow import steering_vision as sv
+from circuitflow import models, store
+from circuitflow import steering as sv
+from circuitflow.core import ridge
+from circuitflow.models import readout as ro
+from circuitflow.patching import vision as pv
+from circuitflow.vectors import probes
 
 D, SIZE = 6, 8
 
@@ -49,13 +52,19 @@ class _Tanh(torch.nn.Module):
         return torch.tanh(self.conv(x))
 
 
-def _vm(linear=False) -> vision.VisionModel:
+def _vm(linear=False) -> models.VisionModel:
     net = TinyCNN(linear).eval()
     hooks = [
-        vision.HookPoint(store.hook_name(i, "hook_out"), b, "cnn", f"block {i}")
+        models.HookPoint(store.hook_name(i, "hook_out"), b, "cnn", f"block {i}")
         for i, b in enumerate(net.blocks)
     ]
-    return vision.VisionModel("tiny-cnn", "torch", net, SIZE, (0.5,) * 3, (0.25,) * 3, hooks)
+    return models.VisionModel(
+        "tiny-cnn", "torch", net, SIZE, (0.5,) * 3, (0.25,) * 3, hooks, _features
+    )
+
+
+def _features(net, pixels):
+    return net.extract_features(pixels)
 
 
 def _images(n=4, seed=0):
@@ -66,21 +75,23 @@ def _images(n=4, seed=0):
 def _pairs(n_pairs=2, attribute="exposure"):
     # image 2k is the poor variant of photo k, image 2k + 1 its original
     return [
-        pv.Pair(f"p{k}.poor", f"p{k}", attribute, -1.0 if k % 2 == 0 else 1.0, 2 * k, 2 * k + 1)
+        ro.ImagePair(
+            f"p{k}.poor", f"p{k}", attribute, -1.0 if k % 2 == 0 else 1.0, 2 * k, 2 * k + 1
+        )
         for k in range(n_pairs)
     ]
 
 
 def _readout(hook="blocks.2.hook_out", w=None, attribute="exposure"):
     w = np.random.default_rng(1).standard_normal(D) if w is None else np.asarray(w, float)
-    return {attribute: pv.Readout(attribute, hook, "mean", w, 0.3, 1.0, 0.9)}
+    return {attribute: ro.Readout(attribute, hook, "mean", w, 0.3, 1.0, 0.9)}
 
 
 def test_full_patch_reproduces_the_good_readout_at_every_hook():
     vm = _vm(linear=False)
     hooks = vm.hook_names()
     cfg = pv.VisionPatchConfig(attributes=("exposure",), modes=("full",), random_seeds=1)
-    rows = pv.run_patching(vm, _images(), _pairs(), _readout(), {}, hooks, cfg)
+    rows = pv.run_image_patching(vm, _images(), _pairs(), _readout(), {}, hooks, cfg)
     treated = [r for r in rows if r["arm"] == "treatment"]
     assert len(treated) == len(hooks) * 2
     for r in treated:
@@ -95,12 +106,12 @@ def test_full_patch_reproduces_the_good_readout_at_every_hook():
 def test_direction_patch_recovers_exactly_what_lies_along_the_direction():
     vm = _vm(linear=True)  # readout = mean-pooled activation . w, blocks are identities
     images = _images()
-    runner = pv.Runner(vm, "blocks.2.hook_out")
+    runner = models.Runner(vm, "blocks.2.hook_out")
     x = runner.read(runner.pixels(images)).astype(np.float64)
     u = (x[1] - x[0]) / np.linalg.norm(x[1] - x[0])  # pooled difference of pair 0
     w = u  # the readout reads along u only
     cfg = pv.VisionPatchConfig(attributes=("exposure",), modes=("direction",), random_seeds=1)
-    rows = pv.run_patching(
+    rows = pv.run_image_patching(
         vm,
         images,
         _pairs(1),
@@ -159,7 +170,7 @@ def test_planted_direction_steers_the_readout_in_the_planted_sign():
         assert r["readout_shift"] == pytest.approx(0.5 * norm, rel=1e-5)
     control = [r for r in rows if r["arm"] == "control"]
     assert all(abs(r["readout_shift"]) < 0.5 * norm for r in control)
-    m = sv.measurement_rows(rows, "d", "tiny-cnn", "mean")
+    m = sv.image_measurement_rows(rows, "d", "tiny-cnn", "mean")
     assert {r["arm"] for r in m} == {"treatment", "control", "baseline"}
     assert all(r["metric"] == "readout_shift" and r["phase"] == "steering" for r in m)
 
@@ -169,8 +180,8 @@ def test_readout_weights_reproduce_the_probe_on_raw_features():
     x = rng.standard_normal((40, 5)) * [1, 2, 3, 4, 5] + 7
     y = x @ [0.5, -1, 0, 0.2, 0] + rng.standard_normal(40) * 0.1
     w, b = probes.readout_weights(x, y, alpha=1.0)
-    xs, _, _ = probes._standardize(x, x[:1])
-    ws, bs = probes._ridge_fit(xs, y[:, None], 1.0)
+    xs, _, _ = ridge.standardize(x, x[:1])
+    ws, bs = ridge.ridge_fit(xs, y[:, None], 1.0)
     np.testing.assert_allclose(x @ w + b, (xs @ ws + bs)[:, 0], rtol=1e-10, atol=1e-10)
 
 
@@ -198,44 +209,44 @@ def test_select_pairs_extreme_levels_of_the_split_against_the_unjittered_origina
                     "image_index": len(rows),
                 }
             )
-    pairs = pv.select_pairs(rows, ["exposure"], split="test", levels="extreme")
+    pairs = ro.select_pairs(rows, ["exposure"], split="test", levels="extreme")
     assert [(p.unit, p.level, p.good) for p in pairs] == [("a.2", -2.0, 0), ("a.5", 2.0, 0)]
-    assert len(pv.select_pairs(rows, ["exposure"], split="all", levels="all")) == 8
-    with pytest.raises(pv.VisionPatchingError, match="vision.split"):
-        pv.select_pairs(rows, ["exposure"], split="val")
+    assert len(ro.select_pairs(rows, ["exposure"], split="all", levels="all")) == 8
+    with pytest.raises(ro.ReadoutError, match="vision.split"):
+        ro.select_pairs(rows, ["exposure"], split="val")
 
 
 def test_attribute_direction_points_from_low_to_high():
     unit = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0]])
     norm = np.array([2.0, 1.0, 5.0])
-    u = pv.attribute_direction(unit, norm, ["exposure_high", "exposure_low", "tilt"], "exposure")
+    u = ro.attribute_direction(unit, norm, ["exposure_high", "exposure_low", "tilt"], "exposure")
     np.testing.assert_allclose(u, [1, 0, 0])
     np.testing.assert_allclose(
-        pv.attribute_direction(unit, norm, ["a", "b", "tilt"], "tilt"), [0, 1, 0]
+        ro.attribute_direction(unit, norm, ["a", "b", "tilt"], "tilt"), [0, 1, 0]
     )
-    with pytest.raises(pv.VisionPatchingError, match="contrast"):
-        pv.attribute_direction(unit, norm, ["exposure_high", "exposure_low", "tilt"], "contrast")
+    with pytest.raises(ro.ReadoutError, match="contrast"):
+        ro.attribute_direction(unit, norm, ["exposure_high", "exposure_low", "tilt"], "contrast")
 
 
 def test_hook_selection_and_recovery_helpers():
     hooks = [f"blocks.{i}.hook_out" for i in range(17)]
-    assert pv.readout_hook(hooks, 0.8) == "blocks.13.hook_out"
-    assert pv.readout_hook(hooks, "blocks.4.hook_out") == "blocks.4.hook_out"
-    with pytest.raises(pv.VisionPatchingError, match="vision.readout"):
-        pv.readout_hook(hooks, "blocks.40.hook_out")
+    assert ro.readout_hook(hooks, 0.8) == "blocks.13.hook_out"
+    assert ro.readout_hook(hooks, "blocks.4.hook_out") == "blocks.4.hook_out"
+    with pytest.raises(ro.ReadoutError, match="vision.readout"):
+        ro.readout_hook(hooks, "blocks.40.hook_out")
     assert pv.select_hooks(hooks[:5], "all") == hooks[:5]
-    assert pv.select_hooks(hooks[:14], 3) == [hooks[0], hooks[6], hooks[13]]
+    assert pv.select_hooks(hooks[:14], 3) == [hooks[0], hooks[7], hooks[13]]  # 6.5 rounds up
     assert sv.steer_hooks(hooks, hooks[13], [0.0, 0.5, 1.0]) == [hooks[0], hooks[6], hooks[12]]
-    with pytest.raises(pv.VisionPatchingError, match="vision.steering.layers"):
+    with pytest.raises(sv.VisionSteeringError, match="vision.steering.layers"):
         sv.steer_hooks(hooks, hooks[13], [13])
     np.testing.assert_allclose(
-        pv.recovery([1.0, 0.5, 2.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]), [1, 0.5, np.nan]
+        pv.image_recovery([1.0, 0.5, 2.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]), [1, 0.5, np.nan]
     )
 
 
 def test_edit_tokens_leaves_the_vit_cls_token_alone():
     out = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
-    new = pv.edit_tokens("vit", (out, None), lambda t: t * 0)
+    new = models.edit_tokens("vit", (out, None), lambda t: t * 0)
     assert isinstance(new, tuple) and new[1] is None
     torch.testing.assert_close(new[0][:, 0], out[:, 0])
     assert new[0][:, 1:].abs().sum() == 0
@@ -256,13 +267,11 @@ def test_description_hooks_stay_in_the_vision_tower():
 def tiny_clip(tmp_path_factory):
     """The tiny random open_clip ViT of test_vision.py, with the text vocabulary of open_clip's
     BPE tokenizer (so prompts tokenize into its range); prepared and loaded."""
-    from circuitflow import models
-
     src = build_clip_folder(tmp_path_factory.mktemp("tiny-clip-text-src"), vocab_size=49408)
     out = tmp_path_factory.mktemp("tiny-clip-text")
     spec = models.ModelSpec("tiny-clip", str(src), family="vision-encoder", backend="open_clip")
     models.prepare_model(spec, out)
-    return out, vision.load_vision_model(out, "tiny-clip")
+    return out, models.load_vision_model(out, "tiny-clip")
 
 
 def _clip_images(n=4, seed=0):
@@ -273,12 +282,12 @@ def test_clip_prompt_readout_equals_open_clip_by_hand(tiny_clip):
     import open_clip
 
     model_dir, vm = tiny_clip
-    clip = pv.load_clip_readout(vm, model_dir, pv.DEFAULT_CLIP_PROMPTS, ["exposure"])
+    clip = ro.load_clip_readout(vm, model_dir, ro.DEFAULT_CLIP_PROMPTS, ["exposure"])
     image = _clip_images(1)
-    runner = pv.Runner(vm, vm.hooks[-1].name)
+    runner = models.Runner(vm, vm.hooks[-1].name)
     got = clip(runner.embed(runner.pixels(image)), ["exposure"])
     tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
-    low, high = pv.DEFAULT_CLIP_PROMPTS["exposure"]
+    low, high = ro.DEFAULT_CLIP_PROMPTS["exposure"]
     with torch.no_grad():
         text = vm.module.encode_text(tokenizer([low, high]), normalize=True)
         img = vm.module.encode_image(vm.preprocess(image), normalize=True)
@@ -290,19 +299,19 @@ def test_clip_prompt_readout_equals_open_clip_by_hand(tiny_clip):
 def test_full_patch_of_the_final_hook_recovers_the_clip_readout_exactly(tiny_clip):
     model_dir, vm = tiny_clip
     final = vm.hooks[-1].name
-    clip = pv.load_clip_readout(vm, model_dir, pv.DEFAULT_CLIP_PROMPTS, ["exposure"])
+    clip = ro.load_clip_readout(vm, model_dir, ro.DEFAULT_CLIP_PROMPTS, ["exposure"])
     w = np.random.default_rng(1).standard_normal(32)
-    probe = {"exposure": pv.Readout("exposure", final, "mean", w, 0.3, 1.0, 0.9)}
+    probe = {"exposure": ro.Readout("exposure", final, "mean", w, 0.3, 1.0, 0.9)}
     cfg = pv.VisionPatchConfig(
         attributes=("exposure",), modes=("full",), random_seeds=1, min_gap=0, clip_min_gap=0
     )
-    rows = pv.run_patching(vm, _clip_images(), _pairs(), probe, {}, [final], cfg, clip=clip)
+    rows = pv.run_image_patching(vm, _clip_images(), _pairs(), probe, {}, [final], cfg, clip=clip)
     treated = [r for r in rows if r["arm"] == "treatment"]
     assert sorted(r["readout_kind"] for r in treated) == ["clip_prompts"] * 2 + ["probe"] * 2
     for r in treated:
         assert r["r_good"] != pytest.approx(r["r_poor"])
         assert r["recovery"] == pytest.approx(1.0, abs=1e-5)
-    m = pv.measurement_rows(rows, "d", "tiny-clip", "mean", final)
+    m = pv.image_measurement_rows(rows, "d", "tiny-clip", "mean", final)
     assert {r["metric"] for r in m} == {"recovery", "recovery_clip_prompts"}
     assert {r["setting"] for r in m if r["metric"] == "recovery_clip_prompts"} == {
         "mode=full readout=clip_prompts"
@@ -324,7 +333,7 @@ def test_full_patch_of_the_final_hook_recovers_the_clip_readout_exactly(tiny_cli
     )
     assert {r["readout_kind"] for r in srows} == {"clip_prompts"}
     assert all(r["readout_shift"] == pytest.approx(0.0, abs=1e-12) for r in srows)
-    sm = sv.measurement_rows(srows, "d", "tiny-clip", "mean")
+    sm = sv.image_measurement_rows(srows, "d", "tiny-clip", "mean")
     assert {r["metric"] for r in sm} == {"readout_shift_clip_prompts"}
 
 
@@ -332,10 +341,10 @@ def test_clip_readout_config_errors_are_one_line_naming_the_key():
     cfg = pv.VisionPatchConfig.from_config({})
     assert cfg.readout_kinds("torch") == ("probe",)
     assert cfg.readout_kinds("open_clip") == ("probe", "clip_prompts")
-    assert cfg.clip_prompts["saturation"] == pv.DEFAULT_CLIP_PROMPTS["saturation"]
+    assert cfg.clip_prompts["saturation"] == ro.DEFAULT_CLIP_PROMPTS["saturation"]
     custom = pv.VisionPatchConfig.from_config({"clip_prompts": {"exposure": ["dim", "lit"]}})
     assert custom.clip_prompts["exposure"] == ["dim", "lit"]
-    assert custom.clip_prompts["contrast"] == pv.DEFAULT_CLIP_PROMPTS["contrast"]
+    assert custom.clip_prompts["contrast"] == ro.DEFAULT_CLIP_PROMPTS["contrast"]
     cases = [
         (lambda: pv.VisionPatchConfig.from_config({"readouts": ["clip"]}), "vision.readouts"),
         (
@@ -360,7 +369,7 @@ def test_clip_readout_config_errors_are_one_line_naming_the_key():
         ),
     ]
     for make, key in cases:
-        with pytest.raises(pv.VisionPatchingError) as err:
+        with pytest.raises(ro.ReadoutError) as err:
             make()
         message = str(err.value)
         assert message.startswith(key) and "\n" not in message, message

@@ -8,6 +8,7 @@ circuitflow.alignment for every definition). Plus a sidecar manifest.
 
 import time
 
+import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from circuitflow import alignment, store
@@ -35,10 +36,24 @@ def main(smk):
             )
         print(f"read {len(ids)} {p.baseline} samples in {time.perf_counter() - start:.1f}s")
         table = alignment.alignment_table(inputs["a"], inputs["b"], config, p.dataset, log=print)
-    table.to_csv(smk.output[0], index=False, float_format="%.6g")
+    table.to_csv(smk.output.table, index=False, float_format="%.6g")
     print(f"{len(table)} rows in {time.perf_counter() - start:.1f}s")
+    # the tests read the table as written (its precision), as any reader of the CSV would
+    summaries = alignment.alignment_summaries(
+        pd.read_csv(smk.output.table),
+        n_random=config.n_random,
+        n_shuffles=config.n_shuffles,
+        ks=p.summary_k,
+    )
+    summaries.to_csv(smk.output.summaries, index=False)
     store.write_manifest(
-        smk.output[0],
+        smk.output.summaries,
+        kind="alignment_summaries",
+        inputs={"table": smk.output.table},
+        params={"summary_k": list(p.summary_k)},
+    )
+    store.write_manifest(
+        smk.output.table,
         kind="alignment",
         inputs={name: smk.input[name] for name in smk.input.keys()},
         params={
@@ -53,4 +68,4 @@ def main(smk):
     )
 
 
-run_logged(snakemake, main)
+run_logged(snakemake, main)  # noqa: F821

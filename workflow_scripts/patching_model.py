@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 from circuitflow import models, patching, store
+from circuitflow.core.layers import resolve_layers
 from circuitflow.workflow import run_logged
 
 
@@ -58,14 +59,14 @@ def main(smk):
     bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
     L = bridge.cfg.n_layers
     conditions = [label for label in p.labels if label != p.baseline]
-    abl_layers = patching.select_layers(cfg.ablation_layers, L, "ablation_layers")
+    abl_layers = resolve_layers(cfg.ablation_layers, L, "patching.ablation_layers", p.model)
     directions, subspaces = vectors_inputs(
         smk.input.vectors, conditions, abl_layers, cfg.direction_position, cfg.subspace_k
     )
     probe_data, store_feats, coords = probe_inputs(
         smk.input.activations, conditions, p.baseline, L, cfg.probe_position
     )
-    result = patching.run_patching(
+    result = patching.run_text_patching(
         bridge,
         rows,
         cfg,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow import patching_vision as pv
 from circuitflow import store
+from circuitflow.models import readout as ro
+from circuitflow.patching import vision as pv
 from circuitflow.workflow import run_logged
 
 
@@ -16,7 +17,7 @@ def main(smk):
     p = smk.params
     cfg = pv.VisionPatchConfig.from_config(p.vision)
     acts = smk.input.activations
-    run = pv.load_run_inputs(
+    run = ro.load_run_inputs(
         cfg,
         smk.input.model,
         acts,
@@ -31,10 +32,10 @@ def main(smk):
     vm, hooks, kinds, readout = run.vm, run.hooks, run.kinds, run.readout
     readouts, clip, pairs = run.readouts, run.clip, run.pairs
     patch_hooks = pv.select_hooks(hooks[: hooks.index(readout) + 1], cfg.layers)
-    directions = pv.store_directions(smk.input.vectors, patch_hooks, cfg.attributes, cfg.position)
+    directions = ro.store_directions(smk.input.vectors, patch_hooks, cfg.attributes, cfg.position)
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
-    table = pv.run_patching(
+    table = pv.run_image_patching(
         vm, images, pairs, readouts, directions, patch_hooks, cfg, p.seed, clip=clip
     )
     seconds = round(time.perf_counter() - start, 1)
@@ -45,7 +46,7 @@ def main(smk):
     t.insert(0, "model", p.model)
     t.insert(0, "dataset", p.dataset)
     t.to_csv(smk.output.recovery, index=False, float_format="%.6g")
-    m = pd.DataFrame(pv.measurement_rows(table, p.dataset, p.model, cfg.position, readout))
+    m = pd.DataFrame(pv.image_measurement_rows(table, p.dataset, p.model, cfg.position, readout))
     m.to_csv(smk.output.measurements, index=False, float_format="%.6g")
     valid = t[t["valid"]]
     summary = valid.groupby(["readout_kind", "mode", "arm", "attribute", "layer"])["recovery"]

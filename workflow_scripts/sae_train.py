@@ -8,6 +8,7 @@ cfg.json), metrics.json, features.csv and the manifest.
 import json
 
 import numpy as np
+import pandas as pd
 
 from circuitflow import models, sae, store
 from circuitflow.core.tokens import tokenize
@@ -108,6 +109,12 @@ def main(smk):
         json.dump(metrics, f, indent=2, sort_keys=True)
         f.write("\n")
     table.to_csv(f"{out}/{sae.FEATURES_FILE}", index=False, float_format="%.6g")
+    # the statistics phase's input, from the files as written (their precision)
+    with open(f"{out}/{sae.METRICS_FILE}") as f:
+        written = json.load(f)
+    sae.feature_summaries(
+        pd.read_csv(f"{out}/{sae.FEATURES_FILE}"), written, p.baseline, top_n=p.top_features
+    ).to_csv(f"{out}/{store.SUMMARIES_FILE}", index=False)
     store.write_manifest(
         out,
         kind="sae",
@@ -124,6 +131,7 @@ def main(smk):
             "sae": dict(p.sae),
             "labels": list(p.labels),
             "baseline": p.baseline,
+            "top_features": p.top_features,
             "dtype": p.dtype,
             "prepend_bos": p.prepend_bos,
         },

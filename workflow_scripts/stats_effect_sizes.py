@@ -1,12 +1,10 @@
-"""effect_sizes: every phase's artifacts -> results/stats/effect_sizes.csv (+ manifest sidecar).
+"""effect_sizes: every phase's measurements and summaries -> results/stats/effect_sizes.csv.
 
-vectors stores (held-out separability), patching CSVs (residual recovery, head patching and
-ablation, directional ablation), steering samples.csv (steered vs unsteered and vs random
-controls), alignment CSVs (overlap vs random subspaces and shuffled maps), SAE feature tables
-(feature AUROC) and any measurements.csv (the generic per-unit layout of circuitflow.store).
+Two generic inputs (layouts in circuitflow.store): ``measurements.csv`` (per-unit values:
+paired or independent designs) and ``summaries.csv`` (one observed value per comparison:
+single-case and AUROC designs). Plus a manifest sidecar.
 """
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,35 +12,11 @@ import pandas as pd
 from circuitflow import stats, store
 from circuitflow.workflow import run_logged
 
-PATCHING_FILES = ("residual.csv", "heads.csv", "directional_ablation.csv")
-
 
 def read_csv(path):
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: missing; rebuild its phase with snakemake")
-    return pd.read_csv(path, keep_default_na=True)
-
-
-def vectors_rows(paths, p):
-    rows = []
-    for path in paths:
-        ds = store.open_dataset(path)
-        rows += stats.separation_rows(
-            projection=ds["projection"].values,
-            hooks=[str(h) for h in ds["hook"].values],
-            positions=[str(x) for x in ds["position"].values],
-            conditions=[str(x) for x in ds["condition"].values],
-            labels=ds["label"].values,
-            split=ds["split"].values,
-            baseline=ds.attrs["baseline"],
-            dataset=ds.attrs["dataset"],
-            model=ds.attrs["model"],
-            seed=p.seed,
-            n_resamples=p.stats["bootstrap_resamples"],
-            confidence_level=p.stats["confidence_level"],
-            min_n=p.stats["min_n"],
-        )
-    return rows
+    return pd.read_csv(path, keep_default_na=True, float_precision="round_trip")
 
 
 def measurements(smk, p):
@@ -66,6 +40,17 @@ def measurements(smk, p):
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def summaries(smk):
+    """Per-comparison summaries of every phase without per-unit values."""
+    frames = []
+    for path in smk.input.summaries:
+        path = store.summaries_file(path)
+        frame = read_csv(path)
+        if len(frame):
+            frames.append(stats.validate_summaries(frame, source=str(path)))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def main(smk):
     p = smk.params
     s = p.stats
@@ -74,38 +59,20 @@ def main(smk):
         "n_resamples": s["bootstrap_resamples"],
         "confidence_level": s["confidence_level"],
     }
-    rows = vectors_rows(smk.input.vectors, p)
-    print(f"vectors: {len(rows)} rows")
+    rows, skipped = [], []
     m = measurements(smk, p)
-    skipped = []
     if m is not None:
         new, skipped = stats.effect_rows(m, min_n=s["min_n"], **boot)
         rows += new
         print(
             f"measurements: {len(m)} values -> {len(new)} rows, {len(skipped)} comparisons left out"
         )
-    for path in smk.input.alignment:
-        table = read_csv(path)
-        manifest = store.read_manifest(path)
-        table["n_random"] = manifest["params"]["alignment"]["n_random"]
-        table["n_shuffles"] = manifest["params"]["alignment"]["n_shuffles"]
-        new, skip = stats.alignment_rows(table, ks=s["alignment_k"])
+    summ = summaries(smk)
+    if summ is not None:
+        new, skip = stats.summary_rows(summ, confidence_level=s["confidence_level"])
         rows += new
         skipped += skip
-        print(f"{path}: {len(new)} rows")
-    sae_rows = []
-    for path in smk.input.sae:
-        metrics = json.loads(Path(f"{path}/metrics.json").read_text())
-        baseline = p.baselines[metrics["dataset"]]
-        sae_rows += stats.sae_feature_rows(
-            read_csv(f"{path}/features.csv"),
-            metrics,
-            baseline,
-            top_n=s["sae_top_features"],
-            confidence_level=s["confidence_level"],
-        )
-    rows += stats.sae_family_sizes(sae_rows)
-    print(f"sae: {len(sae_rows)} rows")
+        print(f"summaries: {len(summ)} comparisons -> {len(new)} rows")
     table = stats.finalize(rows)
     table.to_csv(smk.output[0], index=False, float_format="%.6g")
     for line in skipped:
@@ -115,7 +82,7 @@ def main(smk):
         smk.output[0],
         kind="effect_sizes",
         inputs={name: list(smk.input[name]) for name in smk.input.keys()},
-        params={"stats": dict(s), "baselines": dict(p.baselines)},
+        params={"stats": dict(s)},
         seeds={"bootstrap": p.seed},
         extra={"n_rows": len(table), "n_left_out": len(skipped)},
     )

@@ -33,6 +33,8 @@ EFFECT_SIZES = "results/stats/effect_sizes.csv"
 POWER_ANALYSIS = "results/stats/power_analysis.csv"
 K_SELECTION = "results/stats/k_selection.csv"
 ALIGNMENT_BOOTSTRAP = "results/alignment/{dataset}/{model_a}__{model_b}.bootstrap.csv"
+ALIGNMENT_SUMMARIES = "results/alignment/{dataset}/{model_a}__{model_b}.summaries.csv"
+VECTORS_MEASUREMENTS = "results/vectors/{dataset}/{model}.measurements.csv"
 # Generic per-unit measurements any phase may write (inside its artifact directory, declared
 # in rules/common.smk measurements_targets()); results/stats/effect_sizes.csv consumes them.
 # One row per measured value, columns (circuitflow.stats.MEASUREMENT_COLUMNS):
@@ -44,6 +46,13 @@ ALIGNMENT_BOOTSTRAP = "results/alignment/{dataset}/{model_a}__{model_b}.bootstra
 # (ttest_rel, Cohen's d_z) on the units both arms share, else independent (Welch, Hedges' g).
 # Several values of one unit in an arm (e.g. control seeds) are averaged first.
 MEASUREMENTS_FILE = "measurements.csv"
+# Per-comparison summaries (designs without per-unit values), columns
+# (circuitflow.stats.SUMMARY_COLUMNS): the group columns above plus comparison, design
+# (single_case | auroc), value (the observed statistic), reference_mean, reference_sd,
+# n_treatment, n_reference (the reference draws or the baseline group), mean_treatment,
+# mean_baseline, family_part, n_family_part (hypotheses of one part of a family: a family's
+# n_family is their sum over its distinct parts, e.g. every live feature of every SAE).
+SUMMARIES_FILE = "summaries.csv"
 LOGS = "logs/{rule}/{key}.log"
 
 MANIFEST = "manifest.json"
@@ -60,10 +69,18 @@ SITES = ("hook_resid_pre", "hook_resid_post")
 # names; towers of a VLM other than the language model carry a prefix (``vision.blocks.3...``).
 VISION_SITES = ("hook_out",)
 TOWERS = ("vision",)
+# Graded image attributes: the ``attribute`` coordinate of image datasets, with a ``level``.
+GRADED_ATTRIBUTES = ("exposure", "contrast", "tone", "saturation", "color_cast", "tilt")
 VISION_POSITIONS = ("mean", "center", "max")  # pooled over the spatial grid (CNN, ViT patches)
 HEAD_SITE = "attn.hook_result"
 TOKENS_GROUP = "tokens"
 SAMPLE_COORDS = ("label", "split", "frame_id")  # plus the index coordinate "sample" (ids)
+
+
+def summaries_file(path: str | os.PathLike) -> Path:
+    """The summaries.csv of an artifact: the file itself, or the one inside a directory."""
+    path = Path(path)
+    return path if path.suffix == ".csv" else path / SUMMARIES_FILE
 
 
 def hook_name(layer: int, site: str) -> str:

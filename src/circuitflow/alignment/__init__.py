@@ -121,6 +121,7 @@ from circuitflow.alignment.overlap import (
     random_overlaps,
     subspace_overlap,
 )
+from circuitflow.alignment.summaries import alignment_summaries
 from circuitflow.alignment.table import (
     COLUMNS,
     ModelInputs,
@@ -133,6 +134,7 @@ from circuitflow.alignment.table import (
 )
 
 __all__ = [
+    "alignment_summaries",
     "BOOTSTRAP_COLUMNS",
     "BOOTSTRAP_PAIRS",
     "COLUMNS",

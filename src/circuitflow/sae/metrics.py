@@ -9,7 +9,7 @@ by label (AUROC against the baseline label) and lists its top prompts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -279,3 +279,56 @@ def choose_prompts(n: int, limit: int | None, seed: int) -> np.ndarray:
         return np.arange(n)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def feature_summaries(
+    features: pd.DataFrame, metrics: Mapping, baseline: str, top_n: int
+) -> pd.DataFrame:
+    """features.csv (+ metrics.json) -> ``summaries.csv`` rows (design ``auroc``): per emotion,
+    the ``top_n`` features by |AUROC - 0.5| of their per-sample max activation (condition vs
+    baseline samples, test split), each tested against 0.5. Every live feature (firing in
+    either group) is a hypothesis of the family: ``n_family_part`` counts them for this SAE,
+    so keeping only the top rows does not weaken the correction."""
+    f = features
+    base = f[f["label"] == baseline].set_index("feature")
+    dataset, model, hook = metrics["dataset"], metrics["model"], metrics["hook"]
+    layer, site = (
+        (int(hook.split(".")[1]), hook.split(".", 2)[2])
+        if hook.startswith("blocks.")
+        else (pd.NA, hook)
+    )
+    arch = metrics["architecture"]
+    cand = f[(f["label"] != baseline) & np.isfinite(f["auroc_vs_baseline"])].copy()
+    live = (cand["sample_fire_rate"].to_numpy() > 0) | (
+        base.loc[cand["feature"], "sample_fire_rate"].to_numpy() > 0
+    )
+    cand = cand[live]
+    cand["strength"] = (cand["auroc_vs_baseline"] - 0.5).abs()
+    rows = []
+    for label, part in cand.groupby("label", sort=True):
+        top = part.sort_values(["strength", "feature"], ascending=[False, True]).head(top_n)
+        for r in top.itertuples(index=False):
+            b = base.loc[r.feature]
+            rows.append(
+                {
+                    "phase": "sae",
+                    "dataset": dataset,
+                    "model": model,
+                    "layer": layer,
+                    "site": site,
+                    "position": "token_max",
+                    "condition": label,
+                    "setting": f"architecture={arch} feature={int(r.feature)}",
+                    "metric": "feature_auroc",
+                    "comparison": "vs_baseline",
+                    "design": "auroc",
+                    "value": r.auroc_vs_baseline,
+                    "n_treatment": r.n_samples,
+                    "n_reference": b["n_samples"],
+                    "mean_treatment": r.mean_max_activation,
+                    "mean_baseline": b["mean_max_activation"],
+                    "family_part": f"{hook}/{arch}",
+                    "n_family_part": len(cand),
+                }
+            )
+    return pd.DataFrame(rows)

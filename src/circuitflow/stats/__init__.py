@@ -54,10 +54,14 @@ from circuitflow.stats.effects import (
 from circuitflow.stats.engine import (
     ARMS,
     MEASUREMENT_COLUMNS,
+    SUMMARY_COLUMNS,
+    SUMMARY_DESIGNS,
     StatsError,
     compare_arms,
     effect_rows,
+    summary_rows,
     validate_measurements,
+    validate_summaries,
 )
 from circuitflow.stats.phases import (
     DEFAULT_STEERING_METRICS,
@@ -105,6 +109,8 @@ __all__ = [
     "RELATIVE_PRECISION",
     "REQUIRED",
     "STEERING_UNSTEERED",
+    "SUMMARY_COLUMNS",
+    "SUMMARY_DESIGNS",
     "StatsError",
     "adjust_k_selection",
     "adjust_pvalues",
@@ -135,5 +141,7 @@ __all__ = [
     "separation_rows",
     "steering_measurements",
     "validate_effect_table",
+    "summary_rows",
     "validate_measurements",
+    "validate_summaries",
 ]

@@ -13,7 +13,12 @@ import pandas as pd
 
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.stats.corrections import COMPARISONS, family_name
-from circuitflow.stats.effects import compare_independent, compare_paired
+from circuitflow.stats.effects import (
+    auroc_test,
+    compare_independent,
+    compare_paired,
+    compare_single_case,
+)
 
 # Long per-unit measurements: the input of effect_rows and the measurements.csv layout.
 MEASUREMENT_COLUMNS = [
@@ -32,6 +37,23 @@ MEASUREMENT_COLUMNS = [
 ]
 ARMS = ("treatment", "baseline", "control")
 _GROUP = [c for c in MEASUREMENT_COLUMNS if c not in ("arm", "unit", "value")]
+
+# Per-comparison summaries: the input of summary_rows and the summaries.csv layout, for the
+# designs without per-unit values (one observed value against a reference distribution).
+SUMMARY_COLUMNS = [
+    *_GROUP,
+    "comparison",
+    "design",
+    "value",
+    "reference_mean",
+    "reference_sd",
+    "n_treatment",
+    "n_reference",
+    "mean_treatment",
+    "mean_baseline",
+    "family_part",
+    "n_family_part",
+]
 
 
 class StatsError(CircuitflowError, ValueError):
@@ -139,3 +161,74 @@ def as_measurements(frame: pd.DataFrame, **const) -> pd.DataFrame:
         if col not in frame:
             frame[col] = "" if col not in ("layer", "value") else np.nan
     return frame[MEASUREMENT_COLUMNS]
+
+
+def _single_case(r, confidence_level: float) -> dict:
+    return compare_single_case(
+        float(r.value), float(r.reference_mean), float(r.reference_sd), int(r.n_reference)
+    )
+
+
+def _auroc(r, confidence_level: float) -> dict:
+    result = auroc_test(float(r.value), int(r.n_treatment), int(r.n_reference), confidence_level)
+    return {
+        "mean_treatment": r.mean_treatment,
+        "sd_treatment": np.nan,
+        "mean_baseline": r.mean_baseline,
+        "sd_baseline": np.nan,
+        **result,
+    }
+
+
+# design -> test of one summary row (the designs of EFFECT_COLUMNS without per-unit values)
+SUMMARY_DESIGNS = {"single_case": _single_case, "auroc": _auroc}
+
+
+def validate_summaries(s: pd.DataFrame, source: str = "summaries") -> pd.DataFrame:
+    """Check a summaries table; returns it with every column of :data:`SUMMARY_COLUMNS`."""
+    s = s.copy()
+    for col in ("setting", "family_part"):
+        if col not in s:
+            s[col] = ""
+    for col in ("layer", "n_family_part", "mean_treatment", "mean_baseline", "reference_sd"):
+        if col not in s:
+            s[col] = np.nan
+    missing = [c for c in SUMMARY_COLUMNS if c not in s]
+    if missing:
+        raise StatsError(f"{source}: missing columns {missing}; see circuitflow.store docstring")
+    bad = sorted(set(s["design"]) - set(SUMMARY_DESIGNS))
+    if bad:
+        raise StatsError(f"{source}: design {bad[0]!r} is not one of {list(SUMMARY_DESIGNS)}")
+    for col in ("setting", "family_part", "site", "position", "condition"):
+        s[col] = s[col].fillna("").astype(str)
+    s["layer"] = s["layer"].astype("Int64")
+    return s[SUMMARY_COLUMNS]
+
+
+def summary_rows(
+    summaries: pd.DataFrame, confidence_level: float = 0.95
+) -> tuple[list[dict], list[str]]:
+    """Effect rows of every summary row by its design (single-case t, AUROC z). A family's
+    ``n_family`` is the sum of ``n_family_part`` over its distinct ``family_part`` (e.g. the
+    live features of each SAE when only the top ones are rows). Returns (rows, skipped)."""
+    rows, skipped, parts = [], [], {}
+    for r in summaries.itertuples(index=False):
+        meta = {c: getattr(r, c) for c in _GROUP}
+        meta["layer"] = None if pd.isna(meta["layer"]) else int(meta["layer"])
+        family = family_name(r.phase, r.model, r.metric, r.dataset)
+        try:
+            result = SUMMARY_DESIGNS[r.design](r, confidence_level)
+        except ValueError as err:
+            label = "/".join(str(v) for v in meta.values() if v not in (None, ""))
+            skipped.append(f"{label} {r.comparison}: {err}")
+            continue
+        if r.family_part:
+            parts[family, r.family_part] = int(r.n_family_part)
+        rows.append({**meta, "comparison": r.comparison, "family": family, **result})
+    totals: dict[str, int] = {}
+    for (family, _), n in parts.items():
+        totals[family] = totals.get(family, 0) + n
+    for row in rows:
+        if row["family"] in totals:
+            row["n_family"] = totals[row["family"]]
+    return rows, skipped

@@ -1,6 +1,7 @@
 """Vectors phase: mean-difference directions and their PCA subspaces (:mod:`.diffmeans`), and
 linear probes of image attributes (:mod:`.probes`)."""
 
+from circuitflow.core.ridge import readout_weights, source_contrast
 from circuitflow.vectors.diffmeans import (
     cosine_matrix,
     difference_vectors,
@@ -8,6 +9,7 @@ from circuitflow.vectors.diffmeans import (
     mean_difference,
     pca_subspace,
     project,
+    separation_measurements,
 )
 from circuitflow.vectors.probes import (
     ALPHAS,
@@ -17,10 +19,8 @@ from circuitflow.vectors.probes import (
     fit_classification_probe,
     fit_regression_probe,
     probe_targets,
-    readout_weights,
     run_probes,
     select_alpha,
-    source_contrast,
 )
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "pca_subspace",
     "probe_targets",
     "project",
+    "separation_measurements",
     "readout_weights",
     "run_probes",
     "select_alpha",

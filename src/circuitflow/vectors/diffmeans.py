@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
+from jaxtyping import Float
 
+from circuitflow import store
 from circuitflow.core.subspaces import difference_vectors, pca_subspace
 
 __all__ = ["difference_vectors", "pca_subspace"]  # re-exported: the vectors phase's subspaces
@@ -60,3 +63,53 @@ def project(acts: np.ndarray, unit: np.ndarray) -> np.ndarray:
 def cosine_matrix(unit: np.ndarray) -> np.ndarray:
     """Pairwise cosines of unit vectors on the second-to-last axis: [..., n, d] -> [..., n, n]."""
     return np.einsum("...id,...jd->...ij", unit, unit)
+
+
+def separation_measurements(
+    projection: Float[np.ndarray, "hook position condition sample"],
+    hooks: Sequence[str],
+    positions: Sequence[str],
+    conditions: Sequence[str],
+    samples: np.ndarray,
+    labels: np.ndarray,
+    split: np.ndarray,
+    baseline: str,
+    dataset: str,
+    model: str,
+) -> pd.DataFrame:
+    """Held-out separation along each train-split direction as ``measurements.csv`` rows:
+    per hook x position x condition, the test-split projections of the condition's samples
+    (arm ``treatment``) and of the baseline's (arm ``baseline``); unit = sample, so the
+    statistics phase compares them as independent groups. A comparison with a non-finite
+    projection is left out."""
+    test = split == "test"
+    base = test & (labels == baseline)
+    frames = []
+    for h, hook in enumerate(hooks):
+        layer, site = store.parse_hook_name(hook)
+        for p, position in enumerate(positions):
+            for c, condition in enumerate(conditions):
+                treat = test & (labels == condition)
+                values = projection[h, p, c]
+                if not np.isfinite(values[treat | base]).all():
+                    continue
+                for arm, mask in (("treatment", treat), ("baseline", base)):
+                    frames.append(
+                        pd.DataFrame(
+                            {
+                                "phase": "vectors",
+                                "dataset": dataset,
+                                "model": model,
+                                "layer": layer,
+                                "site": site,
+                                "position": position,
+                                "condition": condition,
+                                "setting": "",
+                                "metric": "projection_on_mean_diff",
+                                "arm": arm,
+                                "unit": samples[mask],
+                                "value": values[mask].astype(np.float64),
+                            }
+                        )
+                    )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

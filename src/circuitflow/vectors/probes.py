@@ -24,10 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from circuitflow import store
+from circuitflow.core.ridge import (
+    ridge_dual,
+    ridge_fit,
+    source_contrast,
+    standardize,
+)
 from circuitflow.store import parse_hook_name
 
 ALPHAS = np.logspace(-2, 6, 17)
-GRADED = ("exposure", "contrast", "tone", "saturation", "color_cast", "tilt")
+GRADED = store.GRADED_ATTRIBUTES
 CLASSIFIED = {"composition": "composition"}  # target name -> attribute whose labels are classes
 
 
@@ -51,21 +58,6 @@ class ProbeResult:
     alpha: float
 
 
-def _standardize(x_train: np.ndarray, x_test: np.ndarray):
-    """Centre, and divide by ONE scale (RMS feature SD): ridge stays isotropic, so the probe's
-    weight vector is a direction of the raw feature space (per-feature scaling would bend it)."""
-    mu = x_train.mean(0)
-    sd = float(np.sqrt((x_train.std(0) ** 2).mean())) or 1.0
-    return (x_train - mu) / sd, (x_test - mu) / sd, sd
-
-
-def _ridge_dual(K: np.ndarray, Y: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """Dual ridge coefficients for every alpha: [alpha, n, targets] (K = X X^T, centred)."""
-    evals, evecs = np.linalg.eigh(K)
-    proj = evecs.T @ Y
-    return np.stack([evecs @ (proj / (evals + a)[:, None]) for a in alphas])
-
-
 def select_alpha(
     x: np.ndarray, Y: np.ndarray, groups: np.ndarray, alphas: np.ndarray = ALPHAS
 ) -> float:
@@ -79,24 +71,15 @@ def select_alpha(
         tr, te = groups != g, groups == g
         xm, ym = x[tr].mean(0), Y[tr].mean(0)
         xt, xv = x[tr] - xm, x[te] - xm
-        dual = _ridge_dual(xt @ xt.T, Y[tr] - ym, alphas)  # [a, n_tr, t]
+        dual = ridge_dual(xt @ xt.T, Y[tr] - ym, alphas)  # [a, n_tr, t]
         pred = np.einsum("vn,ant->avt", xv @ xt.T, dual) + ym
         err += ((pred - Y[te]) ** 2).sum(axis=(1, 2))
     return float(alphas[int(np.argmin(err))])
 
 
-def _ridge_fit(x: np.ndarray, Y: np.ndarray, alpha: float):
-    """Primal weights [d, t] and intercept [t] of ridge on standardized x (dual solve)."""
-    xm, ym = x.mean(0), Y.mean(0)
-    xc = x - xm
-    dual = _ridge_dual(xc @ xc.T, Y - ym, np.array([alpha]))[0]
-    w = xc.T @ dual
-    return w, ym - xm @ w
-
-
 def _fit_predict(x_train, Y_train, x_test, groups):
     alpha = select_alpha(x_train, Y_train, groups)
-    w, b = _ridge_fit(x_train, Y_train, alpha)
+    w, b = ridge_fit(x_train, Y_train, alpha)
     return x_test @ w + b, w, alpha
 
 
@@ -119,7 +102,7 @@ def fit_regression_probe(
     x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
     y_train, y_test = np.asarray(y_train, np.float64), np.asarray(y_test, np.float64)
     groups = np.arange(len(y_train)) if groups is None else np.asarray(groups)
-    xs, xt, sd = _standardize(x_train, x_test)
+    xs, xt, sd = standardize(x_train, x_test)
     pred, w, alpha = _fit_predict(xs, y_train[:, None], xt, groups)
     pred = pred[:, 0]
     # the probe's activation pattern (Haufe et al. 2014): cov(x, prediction) on the train
@@ -153,19 +136,6 @@ def fit_regression_probe(
     )
 
 
-def readout_weights(
-    x_train: np.ndarray, y_train: np.ndarray, alpha: float
-) -> tuple[np.ndarray, float]:
-    """The ridge probe of :func:`fit_regression_probe` at a given penalty as a linear readout
-    of RAW features: ``prediction = x @ w + b``; x [n, d], y [n] -> (w [d], b)."""
-    x_train = np.asarray(x_train, np.float64)
-    xs, _, sd = _standardize(x_train, x_train[:1])
-    w, b = _ridge_fit(xs, np.asarray(y_train, np.float64)[:, None], alpha)
-    mu = x_train.mean(0)
-    w_raw = w[:, 0] / sd
-    return w_raw, float(b[0] - mu @ w_raw)
-
-
 def fit_classification_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -181,7 +151,7 @@ def fit_classification_probe(
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     groups = np.arange(len(y_train)) if groups is None else np.asarray(groups)
     classes, counts = np.unique(y_train, return_counts=True)
-    xs, xt, _ = _standardize(x_train, x_test)
+    xs, xt, _ = standardize(x_train, x_test)
 
     def predict(y):
         onehot = (y[:, None] == classes[None, :]).astype(np.float64) * 2 - 1
@@ -211,21 +181,6 @@ def fit_classification_probe(
         n_test=len(y_test),
         alpha=alpha,
     )
-
-
-def source_contrast(
-    x: np.ndarray, sources: np.ndarray, labels: np.ndarray, baseline: str
-) -> np.ndarray:
-    """Counterfactual contrast: each sample minus the mean of its source photo's baseline
-    (unchanged) samples, removing the photo's content; [n, d] -> [n, d]. Sources without a
-    baseline sample are left as they are."""
-    out = np.array(x, dtype=np.float64, copy=True)
-    for s in np.unique(sources):
-        m = sources == s
-        ref = m & (labels == baseline)
-        if ref.any():
-            out[m] -= out[ref].mean(0)
-    return out
 
 
 def probe_targets(

@@ -1,0 +1,202 @@
+"""One text model's patching run: residual patching, head patching / ablation and
+directional ablation on the counterfactual frames of a prompt dataset."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from circuitflow import store
+from circuitflow.core.layers import resolve_layers
+from circuitflow.core.tokens import pad_id, tokenize
+from circuitflow.patching.ablation import Probe, ablation_set, directional_ablation
+from circuitflow.patching.engine import (
+    RESID_SITE,
+    PatchConfig,
+    Patcher,
+    PatchingError,
+    chunks,
+    lean,
+    metric_tokens,
+    record_activations,
+)
+from circuitflow.patching.heads import mean_head_outputs, patch_heads, rank_heads
+from circuitflow.patching.residual import choose_frames, frame_pairs, patch_residual
+
+
+def run_text_patching(
+    bridge,
+    rows: Sequence[dict],
+    cfg: PatchConfig,
+    labels: Sequence[str],
+    baseline: str,
+    directions: Mapping[str, Mapping[int, np.ndarray]],
+    subspaces: Mapping[str, Mapping[int, np.ndarray]],
+    probe_data: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    prepend_bos: bool = True,
+    model_name: str = "model",
+    progress: bool = True,
+) -> dict:
+    """Residual patching, head patching/ablation and directional ablation for one model.
+
+    ``directions[c][layer]`` ``[d]`` and ``subspaces[c][layer]`` ``[K, d]`` are the
+    condition's direction / PCA subspace at ``blocks.{layer}.hook_resid_pre``;
+    ``probe_data[c]`` = (train features at the final layer, 1 = condition / 0 = baseline).
+    Returns the tables, the metric tokens and run facts."""
+    t0 = time.time()
+    tokenizer = bridge.tokenizer
+    pad = pad_id(tokenizer)
+    L = bridge.cfg.n_layers
+    conditions = [label for label in labels if label != baseline]
+    metric = metric_tokens(tokenizer, cfg.metric_words, labels, baseline)
+    res_layers = resolve_layers(cfg.residual_layers, L, "patching.residual_layers", model_name)
+    head_layers = resolve_layers(cfg.head_layers, L, "patching.head_layers", model_name)
+    abl_layers = resolve_layers(cfg.ablation_layers, L, "patching.ablation_layers", model_name)
+    for c in conditions:
+        for key, source in (("direction", directions), ("subspace", subspaces)):
+            missing = [layer for layer in abl_layers if layer not in source.get(c, {})]
+            if missing:
+                raise PatchingError(
+                    f"model {model_name!r}: the vectors store has no {key} for condition {c!r} "
+                    f"at {store.hook_name(missing[0], RESID_SITE)}; extract hook_resid_pre "
+                    "(extract.sites) or set patching.ablation_layers"
+                )
+    toks = dict(
+        zip(
+            [r["sample_id"] for r in rows],
+            tokenize(tokenizer, rows, prepend_bos),
+            strict=True,
+        )
+    )
+    frames = choose_frames(rows, cfg.split, cfg.n_frames, labels, cfg.seed)
+    pairs, excluded = frame_pairs(rows, toks, frames, conditions, baseline)
+    n_head_frames = len(frames) if cfg.head_frames is None else min(cfg.head_frames, len(frames))
+    head_pairs = [p for p in pairs if p.frame_id in set(frames[:n_head_frames])]
+    patcher = Patcher(
+        bridge,
+        metric.flat_ids(),
+        resid_layers=sorted(set(res_layers) | set(abl_layers)),
+        head_layers=head_layers,
+        model_name=model_name,
+    )
+    timings = {}
+    with torch.no_grad(), patcher.attached():
+        # clean / corrupted runs: sources for patching and the lean of each version
+        ids_needed = sorted({p.clean_id for p in pairs} | {p.corrupted_id for p in pairs})
+        acts, leans = {}, {}
+        for chunk in chunks(ids_needed, 16):
+            a, lg = record_activations(patcher, [toks[i] for i in chunk], pad)
+            acts.update(zip(chunk, a, strict=True))
+            leans.update(zip(chunk, lean(lg, metric), strict=True))
+        t = time.time()
+        bar = tqdm(total=len(pairs), desc=f"residual {model_name}", disable=not progress)
+        residual = patch_residual(
+            patcher,
+            pairs,
+            acts,
+            leans,
+            metric,
+            res_layers,
+            cfg.batch_size,
+            cfg.min_denominator,
+            tokenizer,
+            bar,
+        )
+        bar.close()
+        timings["residual_s"] = time.time() - t
+        t = time.time()
+        neutral = [r for r in rows if r["label"] == baseline and r["split"] == "train"]
+        rng = np.random.default_rng(cfg.seed)
+        mean_pick = sorted(
+            rng.choice(len(neutral), size=min(cfg.mean_samples, len(neutral)), replace=False)
+        )
+        mean_z = mean_head_outputs(patcher, [toks[neutral[i]["sample_id"]] for i in mean_pick], pad)
+        bar = tqdm(total=len(head_pairs), desc=f"heads {model_name}", disable=not progress)
+        heads = patch_heads(
+            patcher,
+            head_pairs,
+            acts,
+            leans,
+            metric,
+            head_layers,
+            mean_z,
+            cfg.batch_size,
+            cfg.min_denominator,
+            bar,
+        )
+        bar.close()
+        ranking = rank_heads(heads) if len(heads) else pd.DataFrame()
+        timings["heads_s"] = time.time() - t
+        t = time.time()
+        samples = []
+        for label in labels:
+            pool = [r for r in rows if r["label"] == label and r["split"] == "test"]
+            pick = rng.choice(len(pool), size=min(cfg.ablation_samples, len(pool)), replace=False)
+            samples += [pool[i] for i in sorted(pick)]
+        probes = {c: Probe.fit(*probe_data[c], seed=cfg.seed) for c in conditions}
+        ablations = {
+            c: ablation_set(
+                directions[c],
+                subspaces[c],
+                abl_layers,
+                cfg.subspace_k,
+                cfg.random_seeds,
+                bridge.cfg.d_model,
+                cfg.seed,
+            )
+            for c in conditions
+        }
+        n_jobs = sum(
+            len(a) * len(cfg.position_sets) * sum(r["label"] in (c, baseline) for r in samples)
+            for c, a in ablations.items()
+        )
+        bar = tqdm(total=n_jobs, desc=f"ablation {model_name}", disable=not progress)
+        ablation, base_feats = directional_ablation(
+            patcher,
+            samples,
+            toks,
+            metric,
+            probes,
+            ablations,
+            abl_layers,
+            cfg.position_sets,
+            cfg.probe_position,
+            pad,
+            tokenizer,
+            cfg.batch_size,
+            bar,
+            cfg.ablation_mode,
+        )
+        bar.close()
+        timings["ablation_s"] = time.time() - t
+    timings["total_s"] = time.time() - t0
+    info = {
+        "frames": frames,
+        "n_pairs": len(pairs),
+        "n_pairs_excluded_misaligned": len(excluded),
+        "excluded_pairs": excluded,
+        "n_pairs_phrase_equal": sum(p.phrase_equal for p in pairs),
+        "n_head_pairs": len(head_pairs),
+        "residual_layers": list(res_layers),
+        "head_layers": list(head_layers),
+        "ablation_layers": list(abl_layers),
+        "n_ablation_samples": len(samples),
+        "n_mean_ablation_samples": len(mean_pick),
+        "n_forward": patcher.n_forward,
+        "n_tokens": patcher.n_tokens,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    return {
+        "residual": residual,
+        "heads": heads,
+        "heads_ranking": ranking,
+        "directional_ablation": ablation,
+        "metric": metric,
+        "base_features": (samples, base_feats),
+        "info": info,
+    }

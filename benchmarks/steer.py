@@ -9,8 +9,8 @@ loaded model:
   of ``--batch-size`` rows, one hook per layer with per-row vectors, attached once; the
   prompt prefix before the steering window runs once per prompt;
 - per-config generate(): the baseline. For each configuration, a hook adding its vector is
-  attached (``bridge.hooks``) and ``TransformerBridge.generate`` runs the prompts as one
-  left-padded batch with the KV cache (greedy, ``stop_at_eos=False``);
+  attached (``core.hooks.attach_bridge``) and ``TransformerBridge.generate`` runs the prompts
+  as one left-padded batch with the KV cache (greedy, ``stop_at_eos=False``);
 - per-config ours: ``run_sweep`` called once per configuration (same loop as batched, no
   batching across configurations), to separate the batching gain from the loop itself.
 
@@ -65,13 +65,15 @@ def per_config_generate(bridge, prompts, configs, max_new_tokens: int, window: i
     """Baseline: one hook + one bridge.generate (left-padded batch, KV cache) per config."""
     import torch
 
-    from circuitflow import steering, store
+    from circuitflow import store
+    from circuitflow.core.generation import eos_ids, truncate_at_eos
+    from circuitflow.core.hooks import attach_bridge
+    from circuitflow.core.tokens import left_pad, pad_id
 
-    pad = bridge.tokenizer.pad_token_id
-    ids, mask = steering.left_pad([p.ids for p in prompts], pad)
+    ids, mask = left_pad([p.ids for p in prompts], pad_id(bridge.tokenizer))
     lengths = mask.sum(1)
     P = ids.shape[1]
-    stop = steering.eos_ids(bridge)
+    stop = eos_ids(bridge)
     out = {}
     for j, config in enumerate(configs):
         hooks = []
@@ -82,13 +84,13 @@ def per_config_generate(bridge, prompts, configs, max_new_tokens: int, window: i
                 >= torch.maximum(P - lengths + 1, torch.full_like(lengths, P - window))[:, None]
             )
 
-            def add(x, hook, vec=vec, cols=steer_cols):
+            def add(x, vec=vec, cols=steer_cols):
                 if x.shape[1] > 1:  # the prompt pass: the last `window` real tokens
                     return x + cols[..., None].to(x.dtype) * vec.to(x.dtype)
                 return x + vec.to(x.dtype)  # each decoding step: the new position
 
             hooks = [(store.hook_name(config.layer, "hook_resid_pre"), add)]
-        with bridge.hooks(fwd_hooks=hooks):
+        with attach_bridge(bridge, hooks):
             tokens = bridge.generate(
                 ids,
                 max_new_tokens=max_new_tokens,
@@ -100,7 +102,7 @@ def per_config_generate(bridge, prompts, configs, max_new_tokens: int, window: i
                 return_type="tokens",
             )
         for i in range(len(prompts)):
-            out[(i, j)] = steering.truncate_at_eos(tokens[i, P:].tolist(), stop)
+            out[(i, j)] = truncate_at_eos(tokens[i, P:].tolist(), stop)
     return out
 
 
@@ -121,13 +123,14 @@ def main(argv=None) -> dict:
     import torch
 
     from circuitflow import models, steering, store
+    from circuitflow.core.layers import resolve_layers
 
     torch.set_num_threads(args.threads)
     layers_spec = [_number(x) for x in args.layers.split(",")]
     alphas = [float(x) for x in args.alphas.split(",")]
     conditions = args.conditions.split(",")
     bridge = models.load_bridge(model_dir, dtype=args.dtype)
-    layers = steering.resolve_layers(layers_spec, bridge.cfg.n_layers, model)
+    layers = list(resolve_layers(layers_spec, bridge.cfg.n_layers, "--layers", model))
     params = steering.SteeringParams(
         layers=tuple(layers),
         alphas_relative=tuple(alphas),

@@ -199,6 +199,8 @@ def sae_summaries_targets():
 # writes one appends a function returning its paths (each under results/<phase>/).
 MEASUREMENT_SOURCES = [
     separation_targets,
+    patching_targets,  # directory outputs: their measurements.csv (store.measurements_file)
+    steering_targets,
     probes_targets,
     vision_patching_targets,
     vision_steering_targets,

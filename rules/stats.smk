@@ -5,8 +5,6 @@ rule effect_sizes:
     """Tidy effect-size table: one row per phase x model x layer x site x position x condition
     x setting x comparison x metric, p corrected within phase x dataset x model x metric."""
     input:
-        patching=patching_targets(),
-        steering=steering_targets(),
         measurements=measurements_targets(),
         summaries=summaries_targets(),
     output:

@@ -17,6 +17,7 @@ rule steer_sweep:
         device=lambda wc: model_entry(wc.model)["device"],
         prepend_bos=lambda wc: model_entry(wc.model)["prepend_bos"],
         steering=config["steering"],
+        metrics=config["stats"]["steering_metrics"],
         seed=config["seed"],
     log:
         "logs/steer_sweep/{dataset}/{model}.log",

@@ -5,9 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import build_tokenizer
 
 from circuitflow import evaluators as ev
+from circuitflow import models
 from circuitflow.evaluators import Item, fluency, politeness
+from circuitflow.workflow import config_schema
 
 
 def _scores(names, texts, **kw):
@@ -149,8 +152,6 @@ def test_distinct_2_and_repetition_by_hand():
 def test_perplexity_equals_direct_forward(tiny_model_dirs):
     from transformers import AutoModelForCausalLM
 
-    from circuitflow import models
-
     folder = tiny_model_dirs["llama"]
     bridge = models.load_bridge(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -179,7 +180,6 @@ def test_perplexity_equals_direct_forward(tiny_model_dirs):
 
 # ---------------------------------------------------------------- hub classifiers and registry
 def _tiny_classifier(folder, labels, multi_label=False):
-    from tiny_models import build_tokenizer
     from transformers import BertConfig, BertForSequenceClassification
 
     tok = build_tokenizer()
@@ -219,8 +219,15 @@ def test_hub_classifier_plugs_into_the_interface(tmp_path):
     assert "vader_compound" in s
 
 
+def test_registry_names_are_the_schema_enum():
+    steering = config_schema()["properties"]["steering"]["properties"]
+    assert sorted(ev.NAMES) == sorted(steering["evaluators"]["items"]["enum"])
+    assert {name: cls.name for name, cls in ev.REGISTRY.items()} == {n: n for n in ev.NAMES}
+    assert ev.NEEDS_MODEL == {"fluency"}
+
+
 def test_registry_errors():
-    with pytest.raises(ValueError, match="unknown evaluator 'toxicity'"):
+    with pytest.raises(ev.EvaluatorError, match="unknown evaluator 'toxicity'"):
         ev.build_evaluators(["toxicity"])
     with pytest.raises(ValueError, match="needs the unsteered model"):
         ev.build_evaluators(["fluency"])

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from circuitflow import stats
+from circuitflow import alignment, patching, sae, stats, steering, vectors
 
 
 # ---------------------------------------------------------------- Cohen's d, Hedges' g, d_z
@@ -383,7 +383,7 @@ def test_required_columns():
 
 
 # ---------------------------------------------------------------- adapters: vectors
-def test_separation_rows():
+def test_separation_measurements_through_the_engine():
     rng = np.random.default_rng(7)
     n = 50  # per label per split
     labels = np.repeat(["anger", "gratitude", "neutral"], 2 * n)
@@ -395,11 +395,13 @@ def test_separation_rows():
     proj[:, :, 0, labels == "anger"] += 3.0  # planted shift of 3 SD
     proj[..., split == "train"] = 1e3  # train values are junk: only held-out values count
     proj[0, 0] = 0.25  # nothing to compare: left out
-    rows = stats.separation_rows(
-        proj, hooks, positions, conditions, labels, split, baseline="neutral",
-        dataset="emotion", model="m", seed=0, n_resamples=300,
+    samples = np.array([f"s{i:03d}" for i in range(labels.size)])
+    m = vectors.separation_measurements(
+        proj, hooks, positions, conditions, samples, labels, split, baseline="neutral",
+        dataset="emotion", model="m",
     )  # fmt: skip
-    assert len(rows) == 2 * 2 * 2 - 2
+    rows, skipped = stats.effect_rows(stats.validate_measurements(m), seed=0, n_resamples=300)
+    assert len(rows) == 2 * 2 * 2 - 2 and len(skipped) == 2  # no variation: left out
     by = {(r["layer"], r["position"], r["condition"]): r for r in rows}
     for key in [(0, "mean"), (3, "last"), (3, "mean")]:
         planted, null = by[(*key, "anger")], by[(*key, "gratitude")]
@@ -437,7 +439,7 @@ def _residual():
 
 
 def test_patching_residual_adapter():
-    m = stats.validate_measurements(stats.patching_residual_measurements(_residual()))
+    m = stats.validate_measurements(patching.residual_measurements(_residual()))
     assert set(m["metric"]) == {"recovery_clean_to_corrupted", "recovery_corrupted_to_clean"}
     assert "p4" not in set(m["unit"])  # small denominator: left out
     base = m[m.arm == "baseline"]
@@ -472,7 +474,7 @@ def test_patching_head_adapter_pools_conditions():
                 "zero_effect": zero, "mean_effect": zero / 2, "small_denominator": False,
             }
         )  # fmt: skip
-    m = stats.validate_measurements(stats.patching_head_measurements(pd.DataFrame(rows)))
+    m = stats.validate_measurements(patching.head_measurements(pd.DataFrame(rows)))
     out, _ = stats.effect_rows(m, seed=0, n_resamples=200)
     by = {(r["metric"], r["condition"]): r for r in out}
     assert set(by) == {
@@ -518,7 +520,7 @@ def test_directional_ablation_adapter_random_seeds_averaged():
                 }
             )  # fmt: skip
     table = pd.DataFrame(rows)
-    m = stats.validate_measurements(stats.directional_ablation_measurements(table))
+    m = stats.validate_measurements(patching.directional_ablation_measurements(table))
     out, _ = stats.effect_rows(m, seed=0, n_resamples=200)
     by = {(r["metric"], r["comparison"]): r for r in out}
     assert set(by) == {
@@ -564,7 +566,7 @@ def _steering_samples():
 def test_steering_adapter_paired_by_prompt():
     s = _steering_samples()
     m = stats.validate_measurements(
-        stats.steering_measurements(s, ["marker_target", "vader_compound", "absent_metric"])
+        steering.sample_measurements(s, ["marker_target", "vader_compound", "absent_metric"])
     )
     assert set(m["metric"]) == {"marker_target", "vader_compound"}
     out, _ = stats.effect_rows(m, seed=0, n_resamples=200)
@@ -620,7 +622,7 @@ def test_validate_measurements_errors_name_the_problem():
 
 
 # ---------------------------------------------------------------- adapters: alignment, SAE
-def test_alignment_rows():
+def test_alignment_summaries_through_the_engine():
     base = {"dataset": "emotion", "model_a": "a", "model_b": "b", "site": "hook_resid_post",
             "position": "mean", "condition": "anger", "overlap_random_mean": 0.01,
             "overlap_random_sd": 0.005, "overlap_shuffled": 0.05, "overlap_shuffled_sd": 0.02,
@@ -637,7 +639,8 @@ def test_alignment_rows():
              "k": 1, "overlap_before": 0.1, "overlap_after": 0.6},
         ]
     )  # fmt: skip
-    rows, skipped = stats.alignment_rows(table, ks=[1])
+    summaries = alignment.alignment_summaries(table, n_random=50, n_shuffles=3, ks=[1])
+    rows, skipped = stats.summary_rows(stats.validate_summaries(summaries))
     assert skipped == []
     by = {(r["metric"], r["comparison"], r["setting"]): r for r in rows}
     assert set(by) == {
@@ -654,7 +657,7 @@ def test_alignment_rows():
     assert s["family"] == "alignment/emotion/a__b/overlap_after"
 
 
-def test_sae_feature_rows_keep_top_features_and_count_every_live_one():
+def test_sae_summaries_keep_top_features_and_count_every_live_one():
     feats = []
     aurocs = {0: 0.95, 1: 0.55, 2: 0.10, 3: 0.5}  # feature 3 is dead in both groups
     for f, a in aurocs.items():
@@ -669,9 +672,9 @@ def test_sae_feature_rows_keep_top_features_and_count_every_live_one():
             )  # fmt: skip
     metrics = {"dataset": "emotion", "model": "m", "hook": "blocks.4.hook_resid_post",
                "architecture": "topk"}  # fmt: skip
-    rows = stats.sae_family_sizes(
-        stats.sae_feature_rows(pd.DataFrame(feats), metrics, "neutral", top_n=2)
-    )
+    summaries = sae.feature_summaries(pd.DataFrame(feats), metrics, "neutral", top_n=2)
+    rows, skipped = stats.summary_rows(stats.validate_summaries(summaries))
+    assert skipped == []
     assert [r["setting"] for r in rows] == [
         "architecture=topk feature=0",
         "architecture=topk feature=2",

@@ -4,8 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_models import build_llava_folder
 
-from circuitflow import extract, models, steering, store
+from circuitflow import extract, models, steering, store, vectors
+from circuitflow.core.generation import greedy_generate, truncate_at_eos, window_mask
+from circuitflow.core.hooks import attach_bridge
+from circuitflow.core.layers import resolve_layers
+from circuitflow.core.rand import random_unit
+from circuitflow.core.tokens import left_pad, position_ids
+from circuitflow.models.readout import ImagePair
 
 PROMPTS = [
     "The meeting moved to room 4B at 3 pm.",
@@ -29,7 +36,7 @@ def _prompts(bridge):
 
 
 def _padded(bridge, prompts):
-    return steering.left_pad([p.ids for p in prompts], bridge.tokenizer.pad_token_id)
+    return left_pad([p.ids for p in prompts], bridge.tokenizer.pad_token_id)
 
 
 def _unit(d, seed=0):
@@ -56,7 +63,7 @@ def test_left_padded_batch_equals_each_prompt_alone(bridge):
     prompts = _prompts(bridge)
     ids, mask = _padded(bridge, prompts)
     assert len({len(p.ids) for p in prompts}) == len(prompts)  # really different lengths
-    got = steering.greedy_generate(bridge, ids, mask, T)
+    got = greedy_generate(bridge, ids, mask, T)
     for i, p in enumerate(prompts):
         ref = bridge.generate(
             torch.tensor([p.ids]),
@@ -93,18 +100,11 @@ def test_zero_alpha_reproduces_unsteered_token_for_token(bridge):
     assert [g.tokens for g in none] == [g.tokens for g in zeros]
     # and a zero vector added explicitly through the hook for every row, too
     ids, mask = _padded(bridge, prompts)
-    plain = steering.greedy_generate(bridge, ids, mask, T)
+    plain = greedy_generate(bridge, ids, mask, T)
     s = steering.Steerer([0, 1])
-    with bridge.hooks(fwd_hooks=s.fwd_hooks()):
-        zeroed = steering.greedy_generate(
-            bridge,
-            ids,
-            mask,
-            T,
-            s,
-            {0: torch.zeros(len(prompts), bridge.cfg.d_model)},
-            window=4,
-        )
+    s.set_vectors({0: torch.zeros(len(prompts), bridge.cfg.d_model)})
+    with attach_bridge(bridge, s.fwd_hooks()):
+        zeroed = greedy_generate(bridge, ids, mask, T, s, window=4)
     assert s.calls == {0: T}  # the hook ran on the prompt pass and every decoding step
     assert torch.equal(plain, zeroed)
     # the strong vector does change the generations (the test has power)
@@ -132,13 +132,12 @@ def test_hook_adds_vector_at_every_decoding_step_at_the_right_position(bridge, s
     hook = store.hook_name(layer, "hook_resid_pre")
     before, after = [], []
     s = steering.Steerer([layer])
-    hooks = [(hook, lambda x, hook: before.append(x.detach().clone()))]
+    hooks = [(hook, lambda x: before.append(x.detach().clone()))]
     hooks += s.fwd_hooks()
-    hooks += [(hook, lambda x, hook: after.append(x.detach().clone()))]
-    with bridge.hooks(fwd_hooks=hooks):
-        gen = steering.greedy_generate(
-            bridge, ids, mask, T, s, {layer: vec}, window=window, share_prefix=share_prefix
-        )
+    hooks += [(hook, lambda x: after.append(x.detach().clone()))]
+    s.set_vectors({layer: vec})
+    with attach_bridge(bridge, hooks):
+        gen = greedy_generate(bridge, ids, mask, T, s, window=window, share_prefix=share_prefix)
     split = P - window
     if share_prefix:  # one unsteered pass over the distinct prompts' first P - window columns
         prefix_in, prefix_out = before.pop(0), after.pop(0)
@@ -169,7 +168,7 @@ def test_hook_adds_vector_at_every_decoding_step_at_the_right_position(bridge, s
     # and on every generated position, reproduces each cached step's residual and token
     full_ids = torch.cat([ids, gen], dim=1)
     full_mask = torch.cat([mask, torch.ones_like(gen)], dim=1)
-    positions = steering.window_mask(mask, window, bos=True)
+    positions = window_mask(mask, window, bos=True)
     positions = torch.cat([positions, torch.ones_like(gen)], dim=1)[..., None].float()
     seen = []
 
@@ -182,7 +181,7 @@ def test_hook_adds_vector_at_every_decoding_step_at_the_right_position(bridge, s
         logits = bridge(
             full_ids,
             attention_mask=full_mask,
-            position_ids=steering.position_ids(full_mask),
+            position_ids=position_ids(full_mask),
         )
     ref = seen[0]
     real = mask.bool()[:, first_col:]
@@ -197,11 +196,36 @@ def test_hook_adds_vector_at_every_decoding_step_at_the_right_position(bridge, s
 
 def test_window_mask_by_hand():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
-    got = steering.window_mask(mask, window=3, bos=True)
+    got = window_mask(mask, window=3, bos=True)
     expected = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]])
     assert torch.equal(got, expected)
-    assert torch.equal(steering.window_mask(mask, 0, bos=True), torch.zeros_like(mask))
-    assert steering.window_mask(mask, 10, bos=False).tolist() == mask.tolist()
+    assert torch.equal(window_mask(mask, 0, bos=True), torch.zeros_like(mask))
+    assert window_mask(mask, 10, bos=False).tolist() == mask.tolist()
+
+
+def test_steerer_follows_the_generation_phases():
+    """Outside a generation the hooks are no-ops; prefill adds under the mask, decode on the
+    one new position; reset clears the vectors but keeps the call counts until the next set."""
+    s = steering.Steerer([2, 0, 2])
+    assert s.hook_names() == ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre"]
+    hook = dict(s.fwd_hooks())
+    x = torch.zeros(2, 3, 4)
+    s.set_vectors({2: torch.ones(2, 4)})
+    assert hook["blocks.2.hook_resid_pre"](x) is None
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    s.prefill(mask)
+    assert torch.equal(hook["blocks.2.hook_resid_pre"](x), mask[..., None].float().expand(2, 3, 4))
+    assert hook["blocks.0.hook_resid_pre"](x) is None  # no vector at block 0
+    s.decode()
+    assert torch.equal(hook["blocks.2.hook_resid_pre"](x[:, :1]), torch.ones(2, 1, 4))
+    with pytest.raises(steering.SteeringError, match="one new position per step"):
+        hook["blocks.2.hook_resid_pre"](x)
+    assert s.calls == {2: 3}
+    s.reset()
+    assert (s.phase, s.vectors, s.prefill_mask, s.calls) == (None, {}, None, {2: 3})
+    assert hook["blocks.2.hook_resid_pre"](x) is None
+    s.set_vectors({0: torch.ones(2, 4)})
+    assert s.calls == {}
 
 
 # ---------------------------------------------------------------- batched == one at a time
@@ -220,7 +244,7 @@ def test_batched_sweep_equals_one_configuration_at_a_time(bridge):
                     scale=scale,
                     control=True,
                     seed=seed,
-                    unit=steering.random_direction(d, seed, layer),
+                    unit=random_unit(d, 0, seed, layer),
                 )
             )
     batched = steering.run_sweep(bridge, prompts, configs, T, 2, batch_size=256, progress=False)
@@ -237,11 +261,11 @@ def test_batched_sweep_equals_one_configuration_at_a_time(bridge):
 
 # ---------------------------------------------------------------- configurations
 def test_resolve_layers():
-    assert steering.resolve_layers([0.33, 0.5], 30) == [10, 15]
-    assert steering.resolve_layers([0.33, 0.5], 18) == [6, 9]
-    assert steering.resolve_layers([0, 1.0, 3, 0.0], 18) == [0, 3, 17]
-    with pytest.raises(ValueError, match=r"block 30 out of range.*'m'"):
-        steering.resolve_layers([30], 30, "m")
+    assert resolve_layers([0.33, 0.5], 30) == (10, 15)
+    assert resolve_layers([0.33, 0.5], 18) == (6, 9)
+    assert resolve_layers([0, 1.0, 3, 0.0], 18) == (0, 3, 17)
+    with pytest.raises(ValueError, match=r"steering.layers: block 30 out of range.*'m'"):
+        resolve_layers([30], 30, "steering.layers", "m")
 
 
 def test_build_configs_names_scales_and_controls():
@@ -272,7 +296,7 @@ def test_build_configs_names_scales_and_controls():
         assert c.control == c.direction.startswith("random:")
         assert (c.seed is not None) == c.control
     r = {(c.layer, c.direction): c.unit for c in configs if c.control}
-    assert np.allclose(r[(1, "random:0")], steering.random_direction(d, 0, 1))
+    assert np.allclose(r[(1, "random:0")], random_unit(d, 0, 0, 1))
     assert not np.allclose(r[(1, "random:0")], r[(1, "random:7")])
     assert not np.allclose(r[(1, "random:0")], r[(2, "random:0")])
     pc = next(c for c in configs if c.direction == "pc1:anger")
@@ -289,8 +313,8 @@ def test_params_errors_name_the_key():
 
 
 def test_truncate_at_eos_and_select_prompts():
-    assert steering.truncate_at_eos([5, 6, 2, 7, 2], {2}) == [5, 6]
-    assert steering.truncate_at_eos([2, 5], {2}) == []
+    assert truncate_at_eos([5, 6, 2, 7, 2], {2}) == [5, 6]
+    assert truncate_at_eos([2, 5], {2}) == []
     rows = [
         {"sample_id": "b", "label": "neutral", "split": "test", "text": "x"},
         {"sample_id": "a", "label": "neutral", "split": "test", "text": "y"},
@@ -304,8 +328,6 @@ def test_truncate_at_eos_and_select_prompts():
 
 # ---------------------------------------------------------------- the whole job on tiny stores
 def test_sweep_table_end_to_end(tiny_model_dirs, tiny_rows, tmp_path):
-    from circuitflow import vectors
-
     bridge = models.load_bridge(tiny_model_dirs["llama"])
     acts = tmp_path / "acts.zarr"
     cfg = extract.ExtractConfig(
@@ -385,3 +407,29 @@ def test_sweep_table_end_to_end(tiny_model_dirs, tiny_rows, tmp_path):
     table.to_csv(csv, index=False)
     back = pd.read_csv(csv)
     assert back.layer.isna().sum() == 3 and back.dropna(subset=["layer"]).layer.eq(1).all()
+
+
+# ---------------------------------------------------------------- VLM descriptions
+def test_vlm_description_steering_zero_alpha_changes_nothing(tmp_path):
+    src = build_llava_folder(tmp_path / "src")
+    spec = models.ModelSpec("tiny-llava", str(src), family="vlm", backend="hf")
+    models.prepare_model(spec, tmp_path / "llava")
+    vm = models.load_vision_model(tmp_path / "llava", "tiny-llava")
+    hooks = vm.hook_names()
+    tower = steering.description_hooks(hooks, [], hooks[-1])
+    assert tower == ["vision.blocks.1.hook_resid_post"]
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    pairs = [
+        ImagePair(f"p{k}.poor", f"p{k}", "exposure", (-1.0) ** k, 2 * k, 2 * k + 1) for k in (0, 1)
+    ]
+    cfg = steering.VisionSteerConfig(alphas_relative=(0.0, 40.0), random_seeds=(0,))
+    rows = steering.run_descriptions(
+        vm, images, pairs, {(tower[0], "exposure"): _unit(32)}, tower, {tower[0]: 1.0}, cfg, 4
+    )
+    assert len(rows) == 2 * 2 * 2  # alphas x (attribute, random) x pairs
+    zero = [r for r in rows if r["alpha"] == 0.0]
+    assert all(r["tokens_steered"] == r["tokens_unsteered"] for r in zero)
+    assert all(r["description_changed"] == 0.0 for r in zero)
+    assert any(r["description_changed"] > 0 for r in rows if r["alpha"] > 0)
+    m = steering.description_measurement_rows(rows, "d", "tiny-llava", "mean")
+    assert {r["arm"] for r in m} == {"treatment", "control", "baseline"}

@@ -7,8 +7,8 @@ import pytest
 from tiny_models import build_clip_folder, build_llava_folder
 
 from circuitflow import extract, models, store
-from circuitflow.vectors import probes
 from circuitflow import models as vision
+from circuitflow.vectors import probes
 
 
 def _rows_and_images(n_sources=4, per=6, size=32, seed=0):

@@ -1,7 +1,8 @@
 """patch_model: frames + model + vectors + activations -> results/patching/{dataset}/{model}/.
 
 residual.csv, heads.csv, heads_ranking.csv, directional_ablation.csv (per-sample rows),
-metric_tokens.json and manifest.json (kind "patching", key figures under "summary").
+measurements.csv (the same, per unit, for effect_sizes), metric_tokens.json and
+manifest.json (kind "patching", key figures under "summary").
 """
 
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
+import pandas as pd
 
 from circuitflow import models, patching, store
 from circuitflow.core.layers import resolve_layers
@@ -92,6 +94,14 @@ def main(smk):
         table.insert(0, "model", p.model)
         table.insert(0, "dataset", p.dataset)
         table.to_csv(out / f"{name}.csv", index=False)
+    # the statistics phase's input, from the tables as written
+    tables = {
+        name: pd.read_csv(out / f"{name}.csv", float_precision="round_trip")
+        for name in ("residual", "heads", "directional_ablation")
+    }
+    patching.text_measurements(
+        tables["residual"], tables["heads"], tables["directional_ablation"]
+    ).to_csv(out / store.MEASUREMENTS_FILE, index=False)
     metric = result["metric"].to_json(p.model, cfg.metric_words)
     (out / "metric_tokens.json").write_text(json.dumps(metric, indent=2) + "\n")
     summary = patching.summarize(

@@ -19,22 +19,11 @@ def read_csv(path):
     return pd.read_csv(path, keep_default_na=True, float_precision="round_trip")
 
 
-def measurements(smk, p):
+def measurements(smk):
     """Long per-unit measurements of every phase with per-sample data."""
     frames = []
-    for path in smk.input.patching:
-        frames.append(stats.patching_residual_measurements(read_csv(f"{path}/residual.csv")))
-        frames.append(stats.patching_head_measurements(read_csv(f"{path}/heads.csv")))
-        frames.append(
-            stats.directional_ablation_measurements(read_csv(f"{path}/directional_ablation.csv"))
-        )
-    for path in smk.input.steering:
-        frames.append(
-            stats.steering_measurements(
-                read_csv(f"{path}/samples.csv"), p.stats["steering_metrics"]
-            )
-        )
     for path in smk.input.measurements:
+        path = store.measurements_file(path)
         frames.append(stats.validate_measurements(read_csv(path), source=str(path)))
     frames = [stats.validate_measurements(f, source="adapter") for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
@@ -60,7 +49,7 @@ def main(smk):
         "confidence_level": s["confidence_level"],
     }
     rows, skipped = [], []
-    m = measurements(smk, p)
+    m = measurements(smk)
     if m is not None:
         new, skipped = stats.effect_rows(m, min_n=s["min_n"], **boot)
         rows += new

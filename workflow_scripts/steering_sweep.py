@@ -1,4 +1,5 @@
-"""steer_sweep: model + vectors + activations -> results/steering/{dataset}/{model}/samples.csv.
+"""steer_sweep: model + vectors + activations -> results/steering/{dataset}/{model}/samples.csv
+(+ measurements.csv, per prompt, for effect_sizes).
 
 One batched greedy generation per group of (prompt, configuration) rows: unsteered baseline,
 layer x alpha x direction (emotion directions, PCA components, seeded random controls), then
@@ -7,6 +8,8 @@ every evaluator's per-sample scores.
 
 import json
 from pathlib import Path
+
+import pandas as pd
 
 from circuitflow import models, steering, store
 from circuitflow.workflow import run_logged
@@ -36,6 +39,11 @@ def main(smk):
     out = Path(smk.output[0])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / SAMPLES, index=False, float_format="%.6g")
+    # the statistics phase's input, from the table as written
+    written = pd.read_csv(out / SAMPLES, float_precision="round_trip")
+    steering.sample_measurements(written, p.metrics).to_csv(
+        out / store.MEASUREMENTS_FILE, index=False
+    )
     print(json.dumps(summary))
     store.write_manifest(
         out,
@@ -53,6 +61,7 @@ def main(smk):
             "prepend_bos": p.prepend_bos,
             "baseline": p.baseline,
             "steering": dict(p.steering),
+            "metrics": list(p.metrics),
         },
         seeds={"random_directions": list(params.random_seeds), "base": p.seed},
         extra={"summary": summary},

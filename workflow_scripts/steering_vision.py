@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow import patching_vision as pv
-from circuitflow import steering_vision as sv
-from circuitflow import store
+from circuitflow import steering, store
+from circuitflow.models import readout as ro
 from circuitflow.workflow import run_logged
 
 DESCRIPTIONS = "descriptions.csv"
@@ -17,12 +16,12 @@ DESCRIPTIONS = "descriptions.csv"
 
 def main(smk):
     p = smk.params
-    pcfg = pv.VisionPatchConfig.from_config(p.vision)
-    cfg = sv.VisionSteerConfig.from_config(p.vision)
+    rcfg = ro.ReadoutConfig.from_config(p.vision)
+    cfg = steering.VisionSteerConfig.from_config(p.vision)
     acts = smk.input.activations
     # without the probe, the hooks before the last are steered, read at the CLIP embedding
-    run = pv.load_run_inputs(
-        pcfg,
+    run = ro.load_run_inputs(
+        rcfg,
         smk.input.model,
         acts,
         smk.input.probes,
@@ -35,13 +34,15 @@ def main(smk):
     )
     vm, hooks, kinds, readout = run.vm, run.hooks, run.kinds, run.readout
     readouts, clip, pairs = run.readouts, run.clip, run.pairs
-    steer = sv.steer_hooks(hooks, readout, cfg.layers)
-    directions = pv.store_directions(smk.input.vectors, steer, pcfg.attributes, cfg.position)
+    steer = steering.steer_hooks(hooks, readout, cfg.layers)
+    directions = ro.store_directions(smk.input.vectors, steer, rcfg.attributes, cfg.position)
     train = store.read_array(acts, "split") == "train"
-    norms = {h: sv.mean_pooled_norm(store.read_array(acts, h), train, cfg.position) for h in steer}
+    norms = {
+        h: steering.mean_pooled_norm(store.read_array(acts, h), train, cfg.position) for h in steer
+    }
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
-    table = sv.run_steering(
+    table = steering.run_steering(
         vm, images, pairs, readouts, directions, steer, norms, cfg, p.seed, hooks, clip
     )
     seconds = round(time.perf_counter() - start, 1)
@@ -49,21 +50,21 @@ def main(smk):
     t.insert(0, "model", p.model)
     t.insert(0, "dataset", p.dataset)
     t.to_csv(smk.output.samples, index=False, float_format="%.6g")
-    measured = sv.measurement_rows(table, p.dataset, p.model, cfg.position)
+    measured = steering.image_measurement_rows(table, p.dataset, p.model, cfg.position)
     described = Path(smk.output.samples).with_name(DESCRIPTIONS)
     described.unlink(missing_ok=True)
     if cfg.describe_tokens and vm.backend == "hf":
-        tower = sv.description_hooks(hooks, steer, readout)
+        tower = steering.description_hooks(hooks, steer, readout)
         if tower:
-            tower_dirs = pv.store_directions(
-                smk.input.vectors, tower, pcfg.attributes, cfg.position
+            tower_dirs = ro.store_directions(
+                smk.input.vectors, tower, rcfg.attributes, cfg.position
             )
             tower_norms = {
-                h: sv.mean_pooled_norm(store.read_array(acts, h), train, cfg.position)
+                h: steering.mean_pooled_norm(store.read_array(acts, h), train, cfg.position)
                 for h in tower
             }
-            prompt = sv.prompt_ids(smk.input.model, cfg.describe_prompt)
-            rows_d = sv.run_descriptions(
+            prompt = steering.description_prompt_ids(smk.input.model, cfg.describe_prompt)
+            rows_d = steering.run_descriptions(
                 vm,
                 images,
                 pairs,
@@ -80,7 +81,9 @@ def main(smk):
             d.insert(0, "model", p.model)
             d.insert(0, "dataset", p.dataset)
             d.to_csv(described, index=False, float_format="%.6g")
-            measured += sv.description_measurement_rows(rows_d, p.dataset, p.model, cfg.position)
+            measured += steering.description_measurement_rows(
+                rows_d, p.dataset, p.model, cfg.position
+            )
     m = pd.DataFrame(measured)
     m.to_csv(smk.output.measurements, index=False, float_format="%.6g")
     summary = t.groupby(["readout_kind", "arm", "attribute", "alpha", "layer"])["gap_closed"]

@@ -46,6 +46,20 @@ VECTORS_MEASUREMENTS = "results/vectors/{dataset}/{model}.measurements.csv"
 # (ttest_rel, Cohen's d_z) on the units both arms share, else independent (Welch, Hedges' g).
 # Several values of one unit in an arm (e.g. control seeds) are averaged first.
 MEASUREMENTS_FILE = "measurements.csv"
+MEASUREMENT_COLUMNS = [
+    "phase",
+    "dataset",
+    "model",
+    "layer",
+    "site",
+    "position",
+    "condition",
+    "setting",
+    "metric",
+    "arm",
+    "unit",
+    "value",
+]
 # Per-comparison summaries (designs without per-unit values), columns
 # (circuitflow.stats.SUMMARY_COLUMNS): the group columns above plus comparison, design
 # (single_case | auroc), value (the observed statistic), reference_mean, reference_sd,
@@ -75,6 +89,23 @@ VISION_POSITIONS = ("mean", "center", "max")  # pooled over the spatial grid (CN
 HEAD_SITE = "attn.hook_result"
 TOKENS_GROUP = "tokens"
 SAMPLE_COORDS = ("label", "split", "frame_id")  # plus the index coordinate "sample" (ids)
+
+
+def as_measurements(frame, **const):
+    """``frame`` (a DataFrame) with the columns ``const`` set and every missing measurement
+    column empty, in :data:`MEASUREMENT_COLUMNS` order (``frame`` is modified in place)."""
+    for key, value in const.items():
+        frame[key] = value
+    for col in MEASUREMENT_COLUMNS:
+        if col not in frame:
+            frame[col] = "" if col not in ("layer", "value") else np.nan
+    return frame[MEASUREMENT_COLUMNS]
+
+
+def measurements_file(path: str | os.PathLike) -> Path:
+    """The measurements.csv of an artifact: the file itself, or the one inside a directory."""
+    path = Path(path)
+    return path if path.suffix == ".csv" else path / MEASUREMENTS_FILE
 
 
 def summaries_file(path: str | os.PathLike) -> Path:

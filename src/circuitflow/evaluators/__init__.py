@@ -1,10 +1,8 @@
 """Evaluators: score generated texts, one interface for every metric.
 
-An evaluator has a ``name``, the ``columns`` it writes, and ``score(items)`` returning one
-array per column, aligned with ``items`` (each an :class:`Item`: the generated text, the
-prompt token ids and the generated token ids). Select them by name in config
-(``steering.evaluators``); a hub classifier (a local HF sequence-classification folder, e.g. a
-RoBERTa sentiment or GoEmotions model) plugs into the same interface through
+Each evaluator (:mod:`.base` has the interface) is a registered variant selected by name in
+config (``steering.evaluators``); a hub classifier (a local HF sequence-classification folder,
+e.g. a RoBERTa sentiment or GoEmotions model) plugs into the same interface through
 ``steering.hub_classifiers: {name: folder}``.
 
 - ``sentiment``  (:mod:`.sentiment`): VADER compound, TextBlob polarity, AFINN score;
@@ -18,46 +16,37 @@ RoBERTa sentiment or GoEmotions model) plugs into the same interface through
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from circuitflow.evaluators import emotion, fluency, hub, politeness, sentiment
+from circuitflow.evaluators.base import REGISTRY, Evaluator, EvaluatorError, Item, register, words
+from circuitflow.evaluators.hub import HubClassifier
 
-@dataclass
-class Item:
-    """One text to score; token ids are needed by model-based evaluators only."""
+NAMES = tuple(REGISTRY)
+NEEDS_MODEL = frozenset(
+    name for name, cls in REGISTRY.items() if getattr(cls, "needs_model", False)
+)
 
-    text: str
-    prompt_ids: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-
-
-class Evaluator(Protocol):
-    name: str
-    columns: list[str]
-
-    def score(self, items: Sequence[Item]) -> dict[str, np.ndarray]: ...
-
-
-def _registry():
-    from circuitflow.evaluators.emotion import EmotionEvaluator
-    from circuitflow.evaluators.fluency import FluencyEvaluator
-    from circuitflow.evaluators.politeness import PolitenessEvaluator
-    from circuitflow.evaluators.sentiment import SentimentEvaluator
-
-    return {
-        "sentiment": SentimentEvaluator,
-        "emotion": EmotionEvaluator,
-        "politeness": PolitenessEvaluator,
-        "fluency": FluencyEvaluator,
-    }
-
-
-NAMES = ("sentiment", "emotion", "politeness", "fluency")
-NEEDS_MODEL = {"fluency"}
+__all__ = [
+    "NAMES",
+    "NEEDS_MODEL",
+    "REGISTRY",
+    "Evaluator",
+    "EvaluatorError",
+    "HubClassifier",
+    "Item",
+    "build_evaluators",
+    "emotion",
+    "fluency",
+    "hub",
+    "politeness",
+    "register",
+    "score_all",
+    "sentiment",
+    "words",
+]
 
 
 def build_evaluators(
@@ -70,29 +59,25 @@ def build_evaluators(
 ) -> list[Evaluator]:
     """Instantiate evaluators by name (``fluency`` needs the unsteered ``bridge``), then one
     hub classifier per ``{name: folder}`` entry."""
-    registry = _registry()
     out: list[Evaluator] = []
     for name in names:
-        if name not in registry:
-            raise ValueError(
+        if name not in REGISTRY:
+            raise EvaluatorError(
                 f"steering.evaluators: unknown evaluator {name!r}; "
-                f"choose from {', '.join(registry)} (hub models: steering.hub_classifiers)"
+                f"choose from {', '.join(REGISTRY)} (hub models: steering.hub_classifiers)"
             )
         if name in NEEDS_MODEL:
             if bridge is None:
-                raise ValueError(f"evaluator {name!r} needs the unsteered model (bridge=...)")
-            out.append(registry[name](bridge, batch_size=batch_size))
+                raise EvaluatorError(f"evaluator {name!r} needs the unsteered model (bridge=...)")
+            out.append(REGISTRY[name](bridge, batch_size=batch_size))
         else:
-            out.append(registry[name]())
-    if hub_classifiers:
-        from circuitflow.evaluators.hub import HubClassifier
-
-        for name, folder in hub_classifiers.items():
-            out.append(HubClassifier(name, folder, batch_size=batch_size, device=device))
+            out.append(REGISTRY[name]())
+    for name, folder in (hub_classifiers or {}).items():
+        out.append(HubClassifier(name, folder, batch_size=batch_size, device=device))
     columns = [c for e in out for c in e.columns]
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
-        raise ValueError(f"steering.evaluators: two evaluators write column(s) {dupes}")
+        raise EvaluatorError(f"steering.evaluators: two evaluators write column(s) {dupes}")
     return out
 
 
@@ -115,9 +100,3 @@ def score_all(evaluators: Sequence[Evaluator], items: Sequence[Item]) -> dict[st
                 )
             out[col] = values
     return out
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters, digits, inner apostrophes): the shared tokenizer of
-    the lexicon and rule evaluators."""
-    return re.findall(r"[a-z0-9]+(?:['’][a-z]+)?", text.lower().replace("’", "'"))

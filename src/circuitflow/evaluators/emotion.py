@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from circuitflow.evaluators import Item, words
+from circuitflow.evaluators.base import Item, register, words
 
 NRC_EMOTIONS = (
     "anger",
@@ -28,11 +28,13 @@ NRC_EMOTIONS = (
 )
 
 
+@register
 class EmotionEvaluator:
     name = "emotion"
     columns = [f"nrc_{e}" for e in NRC_EMOTIONS]
 
     def __init__(self):
+        # optional lexicon packages (requirements.txt, not the package deps): loaded on use
         from nrclex import NRCLex
 
         self._nrc = NRCLex()

@@ -7,7 +7,7 @@
   1 - unique / total (NaN without words).
 - ``distinct_2``: unique word bigrams / word bigrams (NaN with fewer than two words).
 
-Words are :func:`circuitflow.evaluators.words` (lower-cased), so the last two do not depend
+Words are :func:`circuitflow.evaluators.base.words` (lower-cased), so the last two do not depend
 on the model's tokenizer.
 """
 
@@ -18,7 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from circuitflow.evaluators import Item, words
+from circuitflow.core.generation import CachedForward
+from circuitflow.core.tokens import left_pad, pad_id, position_ids
+from circuitflow.evaluators.base import Item, register, words
 
 LOGITS_BUDGET = 64_000_000  # floats of logits per forward (256 MB in float32)
 
@@ -42,8 +44,6 @@ def perplexities(bridge, items: Sequence[Item], batch_size: int = 32) -> np.ndar
     (left-padded), its KV cache is copied to every item, then the generated tokens run
     (right-padded) on top. The last prompt position's logits predict the first token.
     """
-    from circuitflow.steering import CachedForward, left_pad, position_ids
-
     out = np.full(len(items), np.nan)
     todo = sorted(
         (i for i, it in enumerate(items) if it.tokens),
@@ -54,8 +54,7 @@ def perplexities(bridge, items: Sequence[Item], batch_size: int = 32) -> np.ndar
     device = next(bridge.parameters()).device
     fwd = CachedForward(bridge)
     vocab = bridge.cfg.d_vocab
-    pad = bridge.tokenizer.pad_token_id
-    pad = pad if pad is not None else 0
+    pad = pad_id(bridge.tokenizer)
     i0 = 0
     while i0 < len(todo):
         t_max = max(len(items[i].tokens) for i in todo[i0 : i0 + batch_size])
@@ -86,8 +85,10 @@ def perplexities(bridge, items: Sequence[Item], batch_size: int = 32) -> np.ndar
     return out
 
 
+@register
 class FluencyEvaluator:
     name = "fluency"
+    needs_model = True
     columns = ["perplexity", "repetition_rate", "distinct_2"]
 
     def __init__(self, bridge, batch_size: int = 32):

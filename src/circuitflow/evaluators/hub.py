@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuitflow.evaluators import Item
+from circuitflow.evaluators.base import Item
 
 
 def _column(name: str, label: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from circuitflow.evaluators import Item
+from circuitflow.evaluators.base import Item, register
 
 
 def _any(*phrases: str) -> str:
@@ -171,6 +171,7 @@ def politeness_score(found: dict[str, int]) -> int:
     return sum(sign * found[name] for name, _, _, sign in STRATEGIES)
 
 
+@register
 class PolitenessEvaluator:
     name = "politeness"
     columns = (

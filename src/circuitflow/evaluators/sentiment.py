@@ -10,14 +10,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from circuitflow.evaluators import Item
+from circuitflow.evaluators.base import Item, register
 
 
+@register
 class SentimentEvaluator:
     name = "sentiment"
     columns = ["vader_compound", "textblob_polarity", "afinn"]
 
     def __init__(self):
+        # optional lexicon packages (requirements.txt, not the package deps): loaded on use
         from afinn import Afinn
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 

@@ -1,7 +1,8 @@
 """Patching phase: activation patching on counterfactual frames, attention-head patching and
 ablation, and directional ablation of emotion directions (the test of Tigges et al. 2023,
 "Linear Representations of Sentiment in Large Language Models") for text models
-(:mod:`.engine`, :mod:`.residual`, :mod:`.heads`, :mod:`.ablation`, :mod:`.run`), and
+(:mod:`.engine`, :mod:`.residual`, :mod:`.heads`, :mod:`.ablation`, :mod:`.run`; per-unit
+results for the statistics phase in :mod:`.measurements`), and
 patching of image counterfactuals for vision models (:mod:`.vision`).
 """
 
@@ -40,6 +41,14 @@ from circuitflow.patching.heads import (
     patch_heads,
     rank_heads,
 )
+from circuitflow.patching.measurements import (
+    HEAD_METRICS,
+    RECOVERY_REFERENCE,
+    directional_ablation_measurements,
+    head_measurements,
+    residual_measurements,
+    text_measurements,
+)
 from circuitflow.patching.residual import (
     FramePair,
     Site,
@@ -66,6 +75,12 @@ from circuitflow.patching.vision import (
 )
 
 __all__ = [
+    "HEAD_METRICS",
+    "RECOVERY_REFERENCE",
+    "directional_ablation_measurements",
+    "head_measurements",
+    "residual_measurements",
+    "text_measurements",
     "ABLATIONS",
     "ABLATION_MODES",
     "Ablation",

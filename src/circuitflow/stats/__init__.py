@@ -1,9 +1,9 @@
 """Effect sizes, tests, bootstrap CIs, multiple-comparison corrections and power analysis.
 
-Every phase's artifact becomes rows of one tidy table (:data:`EFFECT_COLUMNS`). Phases with
-per-sample data go through one path: an *adapter* turns the artifact into long
-*measurements* (:data:`MEASUREMENT_COLUMNS`: one value per unit and arm, the layout of
-``measurements.csv``, see :mod:`circuitflow.store`), and :func:`effect_rows` compares the
+Every phase's artifact becomes rows of one tidy table (:data:`EFFECT_COLUMNS`). The phases
+hand on two generic layouts (see :mod:`circuitflow.store`); this package reads no phase's
+own columns. Phases with per-unit data write long *measurements* (:data:`MEASUREMENT_COLUMNS`:
+one value per unit and arm, ``measurements.csv``), and :func:`effect_rows` compares the
 ``treatment`` arm with the ``baseline`` arm (comparison ``vs_baseline``) and with the
 ``control`` arm (``vs_random_control``) of each group:
 
@@ -14,18 +14,20 @@ per-sample data go through one path: an *adapter* turns the artifact into long
   ``g`` (Cohen's d with the pooled SD times the exact small-sample correction ``J``).
 
 Both get a BCa bootstrap CI of the effect (``scipy.stats.bootstrap``, seeded). Phases without
-per-sample values have their own adapters: alignment overlaps (one observed value against
-``n`` random or shuffled draws: the Crawford & Howell 1998 single-case t test, effect
-``z_cc``) and SAE features (AUROC against 0.5: the normal approximation of the Mann-Whitney
-U test, Hanley & McNeil 1982 CI). P values are corrected within a ``family`` (one phase x
+per-unit values write *summaries* (:data:`SUMMARY_COLUMNS`, ``summaries.csv``), one row per
+comparison, tested by :func:`summary_rows` according to its design: ``single_case`` (one
+observed value against ``n`` reference draws, e.g. alignment overlaps against random or
+shuffled maps: the Crawford & Howell 1998 t test, effect ``z_cc``) or ``auroc`` (e.g. SAE
+features against 0.5: the normal approximation of the Mann-Whitney U test, Hanley & McNeil
+1982 CI). P values are corrected within a ``family`` (one phase x
 dataset x model x metric) by Bonferroni and Benjamini-Hochberg (statsmodels); a family may
 declare more hypotheses than it has rows (``n_family``, e.g. every SAE feature when only the
 top ones are kept) and the correction then counts the missing ones as p = 1 (conservative).
 
 Modules: :mod:`~circuitflow.stats.effects` (the designs), :mod:`~.corrections` (table layout,
-families, corrections), :mod:`~.engine` (measurements -> effect rows), :mod:`~.phases` (the
-phase adapters), :mod:`~.power` (power and sample sizes), :mod:`~.select_k` (the alignment's
-subspace dimension).
+families, corrections), :mod:`~.engine` (measurements and summaries -> effect rows),
+:mod:`~.power` (power and sample sizes), :mod:`~.select_k` (the alignment's subspace
+dimension).
 """
 
 from circuitflow.stats.corrections import (
@@ -63,20 +65,6 @@ from circuitflow.stats.engine import (
     validate_measurements,
     validate_summaries,
 )
-from circuitflow.stats.phases import (
-    DEFAULT_STEERING_METRICS,
-    HEAD_METRICS,
-    RECOVERY_REFERENCE,
-    STEERING_UNSTEERED,
-    alignment_rows,
-    directional_ablation_measurements,
-    patching_head_measurements,
-    patching_residual_measurements,
-    sae_family_sizes,
-    sae_feature_rows,
-    separation_rows,
-    steering_measurements,
-)
 from circuitflow.stats.power import (
     POWER_COLUMNS,
     auroc_to_d,
@@ -95,26 +83,21 @@ from circuitflow.stats.select_k import (
 __all__ = [
     "ARMS",
     "COMPARISONS",
-    "DEFAULT_STEERING_METRICS",
     "DESIGNS",
     "EFFECT_COLUMNS",
-    "HEAD_METRICS",
     "KEYS",
     "K_GROUP",
     "K_SELECTION_COLUMNS",
     "MEASUREMENT_COLUMNS",
     "OPTIONAL",
     "POWER_COLUMNS",
-    "RECOVERY_REFERENCE",
     "RELATIVE_PRECISION",
     "REQUIRED",
-    "STEERING_UNSTEERED",
     "SUMMARY_COLUMNS",
     "SUMMARY_DESIGNS",
     "StatsError",
     "adjust_k_selection",
     "adjust_pvalues",
-    "alignment_rows",
     "auroc_test",
     "auroc_to_d",
     "cohens_d",
@@ -123,7 +106,6 @@ __all__ = [
     "compare_independent",
     "compare_paired",
     "compare_single_case",
-    "directional_ablation_measurements",
     "effect_rows",
     "family_name",
     "finalize",
@@ -131,15 +113,9 @@ __all__ = [
     "hedges_g",
     "k_selection",
     "n_needed",
-    "patching_head_measurements",
-    "patching_residual_measurements",
     "power_independent",
     "power_paired",
     "power_table",
-    "sae_family_sizes",
-    "sae_feature_rows",
-    "separation_rows",
-    "steering_measurements",
     "validate_effect_table",
     "summary_rows",
     "validate_measurements",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from circuitflow import store
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.stats.corrections import COMPARISONS, family_name
 from circuitflow.stats.effects import (
@@ -21,20 +22,7 @@ from circuitflow.stats.effects import (
 )
 
 # Long per-unit measurements: the input of effect_rows and the measurements.csv layout.
-MEASUREMENT_COLUMNS = [
-    "phase",
-    "dataset",
-    "model",
-    "layer",
-    "site",
-    "position",
-    "condition",
-    "setting",
-    "metric",
-    "arm",
-    "unit",
-    "value",
-]
+MEASUREMENT_COLUMNS = store.MEASUREMENT_COLUMNS
 ARMS = ("treatment", "baseline", "control")
 _GROUP = [c for c in MEASUREMENT_COLUMNS if c not in ("arm", "unit", "value")]
 
@@ -152,15 +140,7 @@ def effect_rows(
     return rows, skipped
 
 
-def as_measurements(frame: pd.DataFrame, **const) -> pd.DataFrame:
-    """``frame`` with the columns ``const`` set and every missing measurement column empty,
-    in :data:`MEASUREMENT_COLUMNS` order (``frame`` is modified in place)."""
-    for key, value in const.items():
-        frame[key] = value
-    for col in MEASUREMENT_COLUMNS:
-        if col not in frame:
-            frame[col] = "" if col not in ("layer", "value") else np.nan
-    return frame[MEASUREMENT_COLUMNS]
+as_measurements = store.as_measurements
 
 
 def _single_case(r, confidence_level: float) -> dict:
@@ -190,7 +170,8 @@ def validate_summaries(s: pd.DataFrame, source: str = "summaries") -> pd.DataFra
     for col in ("setting", "family_part"):
         if col not in s:
             s[col] = ""
-    for col in ("layer", "n_family_part", "mean_treatment", "mean_baseline", "reference_sd"):
+    optional = ("layer", "reference_mean", "reference_sd", "n_treatment", "n_reference")
+    for col in (*optional, "mean_treatment", "mean_baseline", "n_family_part"):
         if col not in s:
             s[col] = np.nan
     missing = [c for c in SUMMARY_COLUMNS if c not in s]

@@ -1,7 +1,7 @@
 """Steering vision models along attribute directions (steering phase, image datasets).
 
 For each poor variant (a photo's extreme exposure, contrast, ... level; the pairs of
-:func:`circuitflow.patching_vision.select_pairs`) add ``sign * scale * u`` to every spatial
+:func:`circuitflow.models.readout.select_pairs`) add ``sign * scale * u`` to every spatial
 token at a hook before the readout, where ``u`` is the attribute's unit mean-difference
 direction at that hook (vectors store), ``sign = -sign(level)`` points back towards the good
 (unchanged) image and ``scale = alpha * mean ||x||`` (pooled-mean activation norm at that hook,
@@ -12,34 +12,35 @@ hook (as in patching), and the measured value is its shift towards the good leve
     readout_shift = sign * (r_steered - r_poor)          (level units; > 0 = towards good)
     gap_closed    = readout_shift / |r_good - r_poor|
 
-For open_clip models the CLIP prompt readout (:class:`circuitflow.patching_vision.
-ClipPromptReadout`, cosine-similarity units) is measured too: rows with ``readout_kind``
-``clip_prompts``, metric ``readout_shift_clip_prompts``.
-
-Rows go to ``samples.csv`` and, in the ``store.MEASUREMENTS_FILE`` layout (metric
-``readout_shift``; treatment = attribute direction, control = random directions, baseline =
-unsteered, 0), to ``measurements.csv``.
+For open_clip models the CLIP prompt readout (cosine-similarity units) is measured too: rows
+with ``readout_kind`` ``clip_prompts``, metric ``readout_shift_clip_prompts``. For VLMs the
+greedy description of the image can be steered as well (:func:`run_descriptions`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
 
 import numpy as np
+import torch
+from jaxtyping import Float, Int
 
-from circuitflow import store, vision
-from circuitflow.patching_vision import (
-    ClipPromptReadout,
-    Pair,
-    Readout,
-    Runner,
-    VisionPatchingError,
-    edit_tokens,
-    measure,
-    random_unit,
-    runner_for,
-)
+from circuitflow import store
+from circuitflow.core.errors import CircuitflowError
+from circuitflow.core.hooks import attach_modules, main_output
+from circuitflow.core.layers import depth_to_block
+from circuitflow.core.rand import random_unit
+from circuitflow.models import Runner, VisionModel, edit_tokens, take_images
+from circuitflow.models.readout import ClipPromptReadout, ImagePair, Readout, measure, runner_for
+
+Directions = Mapping[tuple[str, str], Float[np.ndarray, " d"]]  # (hook, attribute) -> unit
+
+
+class VisionSteeringError(CircuitflowError, ValueError):
+    """Vision steering cannot run as configured; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -69,21 +70,21 @@ class VisionSteerConfig:
 
 
 def steer_hooks(hooks: Sequence[str], readout: str, layers: Sequence[float | int]) -> list[str]:
-    """Hooks strictly before ``readout``: relative depths (floats in [0, 1]) over them or
-    indices into them (ints)."""
+    """Hooks strictly before ``readout``: relative depths (floats in [0, 1], rounded half up)
+    over them or indices into them (ints)."""
     before = list(hooks[: list(hooks).index(readout)])
     if not before:
-        raise VisionPatchingError(
+        raise VisionSteeringError(
             f"vision.readout: {readout} is the first hook; nothing before it to steer"
         )
     out = []
     for x in layers:
         if isinstance(x, float):
             if not 0.0 <= x <= 1.0:
-                raise VisionPatchingError(f"vision.steering.layers: depth {x} is not in [0, 1]")
-            out.append(before[int(np.floor(x * (len(before) - 1) + 0.5))])
+                raise VisionSteeringError(f"vision.steering.layers: depth {x} is not in [0, 1]")
+            out.append(before[depth_to_block(x, len(before))])
         elif not 0 <= x < len(before):
-            raise VisionPatchingError(
+            raise VisionSteeringError(
                 f"vision.steering.layers: index {x} out of range; {len(before)} hooks come "
                 f"before the readout {readout} (0..{len(before) - 1}), or use depths in [0, 1]"
             )
@@ -92,32 +93,47 @@ def steer_hooks(hooks: Sequence[str], readout: str, layers: Sequence[float | int
     return sorted(set(out), key=list(hooks).index)
 
 
-def mean_pooled_norm(acts: np.ndarray, train: np.ndarray, position: str = "mean") -> float:
-    """Mean over train samples of ||x|| at a pooled position; acts [sample, position, d]."""
+def mean_pooled_norm(
+    acts: Float[np.ndarray, "sample position d"], train: np.ndarray, position: str = "mean"
+) -> float:
+    """Mean over train samples of ||x|| at a pooled position of an activation-store array."""
     a = np.asarray(acts, np.float64)[np.asarray(train), store.VISION_POSITIONS.index(position)]
     if not len(a):
-        raise VisionPatchingError("no train samples for the mean activation norm")
+        raise VisionSteeringError("no train samples for the mean activation norm")
     return float(np.linalg.norm(a, axis=-1).mean())
 
 
-def add_vectors(kind: str, vectors, image_mask=None):
-    """Edit: add ``vectors`` [B, d] (one per image) to every spatial token of a hook output."""
-    import torch
+def add_vectors(
+    kind: str, vectors: Float[np.ndarray, "batch d"], image_mask: torch.Tensor | None = None
+) -> Callable:
+    """Edit: add ``vectors`` (one per image) to every spatial token of a hook output."""
 
     def fn(out):
-        x = out[0] if isinstance(out, tuple | list) else out
+        x = main_output(out)
         v = torch.as_tensor(np.array(vectors, dtype=np.float64), dtype=x.dtype, device=x.device)
         return edit_tokens(kind, out, lambda t: t + v[:, None, :], image_mask)
 
     return fn
 
 
+def _directions(
+    units: Float[np.ndarray, "batch d"], seeds: Sequence[int], index: int, base_seed: int
+) -> list[tuple[str, str, int | str, np.ndarray]]:
+    """(direction, arm, seed, units [batch, d]): the attribute, then one random unit per seed
+    (seeded by the hook's index among the block hooks)."""
+    dirs = [("attribute", "treatment", "", units)]
+    for s in seeds:
+        u = random_unit(units.shape[1], base_seed, s, index)
+        dirs.append((f"random:{s}", "control", s, np.broadcast_to(u, units.shape)))
+    return dirs
+
+
 def run_steering(
-    vm: vision.VisionModel,
+    vm: VisionModel,
     images,
-    pairs: Sequence[Pair],
+    pairs: Sequence[ImagePair],
     readouts: Mapping[str, Readout],
-    directions: Mapping[tuple[str, str], np.ndarray],
+    directions: Directions,
     hooks: Sequence[str],
     norms: Mapping[str, float],
     cfg: VisionSteerConfig,
@@ -134,9 +150,8 @@ def run_steering(
     rows = []
     for i0 in range(0, len(pairs), cfg.batch_size):
         chunk = list(pairs[i0 : i0 + cfg.batch_size])
-        take = vision.store_images_take
-        poor_px = runner.pixels(take(images, np.array([p.poor for p in chunk])))
-        good_px = runner.pixels(take(images, np.array([p.good for p in chunk])))
+        poor_px = runner.pixels(take_images(images, np.array([p.poor for p in chunk])))
+        good_px = runner.pixels(take_images(images, np.array([p.good for p in chunk])))
         mask = runner.image_mask(len(chunk))
         r_poor_k = measure(runner, readouts, clip, chunk, poor_px)
         r_good_k = measure(runner, readouts, clip, chunk, good_px)
@@ -144,11 +159,7 @@ def run_steering(
         for hook in hooks:
             kind = runner.points[hook].kind
             units = np.stack([directions[hook, p.attribute] for p in chunk])  # [B, d]
-            d = units.shape[1]
-            dirs = [("attribute", "treatment", "", units)]
-            for s in cfg.random_seeds:
-                u = random_unit(d, s, index.index(hook), base_seed)
-                dirs.append((f"random:{s}", "control", s, np.broadcast_to(u, units.shape)))
+            dirs = _directions(units, cfg.random_seeds, index.index(hook), base_seed)
             for alpha in cfg.alphas_relative:
                 scale = alpha * norms[hook]
                 for direction, arm, seed, u in dirs:
@@ -186,7 +197,7 @@ def run_steering(
     return rows
 
 
-def measurement_rows(table, dataset: str, model: str, position: str) -> list[dict]:
+def image_measurement_rows(table, dataset: str, model: str, position: str) -> list[dict]:
     """samples.csv rows -> store.MEASUREMENTS_FILE rows: metric readout_shift, treatment =
     attribute direction, control = random directions (seeds), baseline = unsteered (0)."""
     out = []
@@ -211,57 +222,48 @@ def measurement_rows(table, dataset: str, model: str, position: str) -> list[dic
 
 
 # ---------------------------------------------------------------- VLMs: the generated description
-def prompt_ids(model_dir, prompt: str) -> list[int]:
+def description_prompt_ids(model_dir: str | PathLike, prompt: str) -> list[int]:
     """Token ids of ``prompt`` (after the image tokens) with the model folder's tokenizer; none
     without a prompt. A prompt for a folder without a tokenizer is an error naming the folder."""
     if not prompt:
         return []
-    from pathlib import Path
-
     if not (Path(model_dir) / "tokenizer_config.json").exists():
-        raise VisionPatchingError(
+        raise VisionSteeringError(
             f"vision.steering.describe_prompt: {model_dir} has no tokenizer; leave the prompt "
             "empty (the description then follows the image tokens directly)"
         )
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy; only VLM descriptions need it
 
     return list(
         AutoTokenizer.from_pretrained(str(model_dir)).encode(prompt, add_special_tokens=False)
     )
 
 
-def generate(
-    vm: vision.VisionModel, pixels, max_new_tokens: int, prompt: Sequence[int] = (), edits=None
-):
-    """Greedy continuation [B, max_new_tokens] (-1 after an early stop) of BOS + image tokens
-    + ``prompt`` with ``edits`` {hook: fn(output)} on vision-tower hooks (they fire once, in
-    the prefill)."""
-    import torch
-
-    points = {h.name: h for h in vm.hooks}
+def generate_description(
+    vm: VisionModel,
+    pixels: Float[torch.Tensor, "batch 3 size size"],
+    max_new_tokens: int,
+    prompt: Sequence[int] = (),
+    edits: Mapping[str, Callable] | None = None,
+) -> Int[np.ndarray, "batch new"]:
+    """Greedy continuation (-1 after an early stop) of BOS + image tokens + ``prompt`` with
+    ``edits`` {hook: fn(output)} on vision-tower hooks (they fire once, in the prefill)."""
     ids = vm.lm_inputs(pixels.shape[0])["input_ids"]
     if prompt:
         ids = torch.cat([ids, torch.tensor(list(prompt)).expand(ids.shape[0], -1)], dim=1)
     ids = ids.to(pixels.device)
-    handles = [
-        points[name].module.register_forward_hook(
-            lambda module, args, out, fn=fn: fn(out), prepend=True
+    with (
+        torch.no_grad(),
+        attach_modules(vm.points(), list((edits or {}).items()), prepend=True),
+    ):
+        out = vm.module.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=pixels,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=vm.module.generation_config.pad_token_id or 0,
         )
-        for name, fn in (edits or {}).items()
-    ]
-    try:
-        with torch.no_grad():
-            out = vm.module.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                pixel_values=pixels,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=vm.module.generation_config.pad_token_id or 0,
-            )
-    finally:
-        for h in handles:
-            h.remove()
     new = out[:, ids.shape[1] :].cpu().numpy()
     pad = np.full((new.shape[0], max_new_tokens), -1, dtype=np.int64)
     pad[:, : new.shape[1]] = new
@@ -269,10 +271,10 @@ def generate(
 
 
 def run_descriptions(
-    vm: vision.VisionModel,
+    vm: VisionModel,
     images,
-    pairs: Sequence[Pair],
-    directions: Mapping[tuple[str, str], np.ndarray],
+    pairs: Sequence[ImagePair],
+    directions: Directions,
     hooks: Sequence[str],
     norms: Mapping[str, float],
     cfg: VisionSteerConfig,
@@ -289,25 +291,20 @@ def run_descriptions(
     rows = []
     for i0 in range(0, len(pairs), cfg.batch_size):
         chunk = list(pairs[i0 : i0 + cfg.batch_size])
-        take = vision.store_images_take
-        poor_px = runner.pixels(take(images, np.array([p.poor for p in chunk])))
-        plain = generate(vm, poor_px, max_new_tokens, prompt)
+        poor_px = runner.pixels(take_images(images, np.array([p.poor for p in chunk])))
+        plain = generate_description(vm, poor_px, max_new_tokens, prompt)
         sign = -np.sign([p.level for p in chunk])
         for hook in hooks:
             kind = runner.points[hook].kind
             units = np.stack([directions[hook, p.attribute] for p in chunk])
-            dirs = [("attribute", "treatment", "", units)]
-            for s in cfg.random_seeds:
-                u = random_unit(units.shape[1], s, index.index(hook), base_seed)
-                dirs.append((f"random:{s}", "control", s, np.broadcast_to(u, units.shape)))
+            dirs = _directions(units, cfg.random_seeds, index.index(hook), base_seed)
             layer, site = store.parse_hook_name(hook)
             for alpha in cfg.alphas_relative:
                 scale = alpha * norms[hook]
                 for direction, arm, seed, u in dirs:
                     vec = (sign * scale)[:, None] * u
-                    toks = generate(
-                        vm, poor_px, max_new_tokens, prompt, {hook: add_vectors(kind, vec)}
-                    )
+                    edits = {hook: add_vectors(kind, vec)}
+                    toks = generate_description(vm, poor_px, max_new_tokens, prompt, edits)
                     changed = (toks != plain).mean(axis=1)
                     rows += [
                         {

@@ -10,6 +10,7 @@ from tiny_models import ARCHS
 from circuitflow import models, patching
 from circuitflow.core import rand, tokens
 from circuitflow.core.layers import resolve_layers
+from circuitflow.workflow import schema_defaults
 
 LABELS = ["gratitude", "anger", "apology", "neutral"]
 TINY_WORDS = {  # single tokens of the tiny test tokenizer (others fall back to sub-tokens)
@@ -63,7 +64,10 @@ def _tokenizers(tiny_model_dirs):
     for name in ("smollm2-135m", "gemma3-270m"):
         folder = REPO / "resources" / "models" / name
         if (folder / "tokenizer_config.json").exists():
-            out[name] = (AutoTokenizer.from_pretrained(folder), patching.DEFAULT_METRIC_WORDS)
+            out[name] = (
+                AutoTokenizer.from_pretrained(folder),
+                schema_defaults("patching")["metric_words"],
+            )
     return out
 
 
@@ -88,7 +92,9 @@ def test_metric_tokens_fallback_and_errors(tiny_model_dirs):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
-    metric = patching.metric_tokens(tok, patching.DEFAULT_METRIC_WORDS, LABELS, "neutral")
+    metric = patching.metric_tokens(
+        tok, schema_defaults("patching")["metric_words"], LABELS, "neutral"
+    )
     assert metric.fallback["anger"] or metric.ids["anger"]
     with pytest.raises(patching.PatchingError, match="metric_words: no words for label 'anger'"):
         patching.metric_tokens(tok, {"gratitude": ["thank"]}, LABELS, "neutral")

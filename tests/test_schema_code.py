@@ -32,7 +32,7 @@ def _config_classes():
         (extract.ExtractConfig, ("extract",)),
         (sae.SAETrainConfig, ("sae",)),
         (alignment.AlignmentConfig, ("alignment",)),
-        (alignment.BootstrapConfig, ("alignment",)),
+        (alignment.BootstrapConfig, ("alignment",), "bootstrap_"),
         (patching.PatchConfig, ("patching",)),
         (patching.VisionPatchConfig, ("vision",)),
         (steering.SteeringParams, ("steering",)),
@@ -56,25 +56,34 @@ def _same(code, schema) -> bool:
     return code == schema
 
 
+def test_a_config_dataclass_takes_the_schema_defaults_and_copies_mappings():
+    from circuitflow import patching
+
+    a, b = patching.PatchConfig(), patching.PatchConfig()
+    assert a.n_frames == schema_defaults("patching")["n_frames"]
+    assert a.position_sets == tuple(schema_defaults("patching")["position_sets"])
+    assert a.metric_words == b.metric_words and a.metric_words is not b.metric_words
+
+
 @pytest.mark.parametrize("index", range(8))
 def test_dataclass_defaults_are_the_schema_defaults(index):
-    cls, section = _config_classes()[index]
+    cls, section, *prefix = _config_classes()[index]
     defaults = schema_defaults(*section)
     wrong = []
     for f in dataclasses.fields(cls):
-        if not f.init or f.name not in defaults:
+        key = prefix[0] + f.name if prefix and prefix[0] + f.name in defaults else f.name
+        if not f.init or key not in defaults:
             continue
-        code = _default(f)
-        if code is not dataclasses.MISSING and not _same(code, defaults[f.name]):
-            wrong.append(
-                f"{'.'.join(section)}.{f.name}: code {code!r}, schema {defaults[f.name]!r}"
-            )
+        code = _default(f)  # no default (built from config only) or the schema's
+        if code is not dataclasses.MISSING and not _same(code, defaults[key]):
+            wrong.append(f"{'.'.join(section)}.{key}: code {code!r}, schema {defaults[key]!r}")
     assert wrong == []
 
 
 def test_choice_lists_are_one_constant_each():
     from circuitflow import alignment, evaluators, patching, sae, steering
     from circuitflow.datasets import MANIFEST_LAYOUTS
+    from circuitflow.models import readout
     from circuitflow.vectors import GRADED
 
     pairs = {
@@ -106,7 +115,7 @@ def test_choice_lists_are_one_constant_each():
         "steering.position": (_enum("steering", "position"), steering.DIRECTION_POSITIONS),
         "steering.evaluators": (_enum("steering", "evaluators"), evaluators.NAMES),
         "vision.attributes": (_enum("vision", "attributes"), GRADED),
-        "vision.readouts": (_enum("vision", "readouts"), patching.READOUTS),
+        "vision.readouts": (_enum("vision", "readouts"), readout.READOUTS),
         "vision.position": (_enum("vision", "position"), store.VISION_POSITIONS),
         "datasets.manifest.layout": (
             _prop("datasets")["additionalProperties"]["properties"]["manifest"]["properties"][
@@ -124,4 +133,4 @@ def test_metric_words_have_one_definition():
     from circuitflow import patching
 
     assert not hasattr(patching, "DEFAULT_METRIC_WORDS")
-    assert schema_defaults("patching")["metric_words"]["neutral"][0] == "please"
+    assert patching.PatchConfig().metric_words == schema_defaults("patching")["metric_words"]

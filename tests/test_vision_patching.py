@@ -11,7 +11,7 @@ from circuitflow import steering as sv
 from circuitflow.core import ridge
 from circuitflow.models import readout as ro
 from circuitflow.patching import vision as pv
-from circuitflow.vectors import probes
+from circuitflow.workflow import schema_defaults
 
 D, SIZE = 6, 8
 
@@ -179,7 +179,7 @@ def test_readout_weights_reproduce_the_probe_on_raw_features():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 5)) * [1, 2, 3, 4, 5] + 7
     y = x @ [0.5, -1, 0, 0.2, 0] + rng.standard_normal(40) * 0.1
-    w, b = probes.readout_weights(x, y, alpha=1.0)
+    w, b = ridge.readout_weights(x, y, alpha=1.0)
     xs, _, _ = ridge.standardize(x, x[:1])
     ws, bs = ridge.ridge_fit(xs, y[:, None], 1.0)
     np.testing.assert_allclose(x @ w + b, (xs @ ws + bs)[:, 0], rtol=1e-10, atol=1e-10)
@@ -282,12 +282,14 @@ def test_clip_prompt_readout_equals_open_clip_by_hand(tiny_clip):
     import open_clip
 
     model_dir, vm = tiny_clip
-    clip = ro.load_clip_readout(vm, model_dir, ro.DEFAULT_CLIP_PROMPTS, ["exposure"])
+    clip = ro.load_clip_readout(
+        vm, model_dir, schema_defaults("vision")["clip_prompts"], ["exposure"]
+    )
     image = _clip_images(1)
     runner = models.Runner(vm, vm.hooks[-1].name)
     got = clip(runner.embed(runner.pixels(image)), ["exposure"])
     tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
-    low, high = ro.DEFAULT_CLIP_PROMPTS["exposure"]
+    low, high = schema_defaults("vision")["clip_prompts"]["exposure"]
     with torch.no_grad():
         text = vm.module.encode_text(tokenizer([low, high]), normalize=True)
         img = vm.module.encode_image(vm.preprocess(image), normalize=True)
@@ -299,7 +301,9 @@ def test_clip_prompt_readout_equals_open_clip_by_hand(tiny_clip):
 def test_full_patch_of_the_final_hook_recovers_the_clip_readout_exactly(tiny_clip):
     model_dir, vm = tiny_clip
     final = vm.hooks[-1].name
-    clip = ro.load_clip_readout(vm, model_dir, ro.DEFAULT_CLIP_PROMPTS, ["exposure"])
+    clip = ro.load_clip_readout(
+        vm, model_dir, schema_defaults("vision")["clip_prompts"], ["exposure"]
+    )
     w = np.random.default_rng(1).standard_normal(32)
     probe = {"exposure": ro.Readout("exposure", final, "mean", w, 0.3, 1.0, 0.9)}
     cfg = pv.VisionPatchConfig(
@@ -341,10 +345,13 @@ def test_clip_readout_config_errors_are_one_line_naming_the_key():
     cfg = pv.VisionPatchConfig.from_config({})
     assert cfg.readout_kinds("torch") == ("probe",)
     assert cfg.readout_kinds("open_clip") == ("probe", "clip_prompts")
-    assert cfg.clip_prompts["saturation"] == ro.DEFAULT_CLIP_PROMPTS["saturation"]
+    assert cfg.clip_prompts["saturation"] == [
+        "a dull, desaturated photo",
+        "a vivid, colorful photo",
+    ]
     custom = pv.VisionPatchConfig.from_config({"clip_prompts": {"exposure": ["dim", "lit"]}})
     assert custom.clip_prompts["exposure"] == ["dim", "lit"]
-    assert custom.clip_prompts["contrast"] == ro.DEFAULT_CLIP_PROMPTS["contrast"]
+    assert custom.clip_prompts["contrast"] == schema_defaults("vision")["clip_prompts"]["contrast"]
     cases = [
         (lambda: pv.VisionPatchConfig.from_config({"readouts": ["clip"]}), "vision.readouts"),
         (

@@ -4,11 +4,13 @@ outputs)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import field
 from functools import cache
 from pathlib import Path
 
@@ -68,3 +70,31 @@ def run_logged(smk, main: Callable) -> None:
             terminal.write(f"circuitflow [{smk.rule}]: {err} (log: {log})\n")
             fh.flush()
             os._exit(1)
+
+
+def _frozen(value):
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def schema_backed(*section: str, prefix: str = ""):
+    """Class decorator (apply below ``@dataclass``): the defaults of the fields that mirror
+    config keys of ``section`` (named ``prefix + field``, else ``field``) are the schema's,
+    so a dataclass built from config has no defaults of its own. Lists become tuples;
+    mappings are copied per instance."""
+    defaults = schema_defaults(*section)
+
+    def wrap(cls):
+        for name in cls.__dict__.get("__annotations__", {}):
+            key = prefix + name if prefix + name in defaults else name
+            if key not in defaults:
+                continue
+            value = defaults[key]
+            if isinstance(value, dict):
+                setattr(cls, name, field(default_factory=lambda v=value: copy.deepcopy(v)))
+            else:
+                setattr(cls, name, _frozen(value))
+        return cls
+
+    return wrap

@@ -30,6 +30,7 @@ from circuitflow.alignment.nulls import random_bases
 from circuitflow.alignment.table import Side, align_pair
 from circuitflow.core import rand
 from circuitflow.core.subspaces import difference_vectors, pca_subspace
+from circuitflow.workflow import schema_backed
 
 BOOTSTRAP_COLUMNS = (
     "dataset",
@@ -52,14 +53,15 @@ BOOTSTRAP_PAIRS = ("best", "matched")
 
 
 @dataclass(frozen=True)
+@schema_backed("alignment", prefix="bootstrap_")
 class BootstrapConfig:
     """Settings of the alignment bootstrap (config keys ``alignment.n_bootstrap`` and
     ``alignment.bootstrap_*``); the maps use the table's :class:`AlignmentConfig`."""
 
-    n_bootstrap: int = 100
-    sites: tuple[str, ...] = ("hook_resid_post",)
-    positions: tuple[str, ...] = ("mean",)
-    pairs: str = "best"
+    n_bootstrap: int
+    sites: tuple[str, ...]
+    positions: tuple[str, ...]
+    pairs: str
 
     def __post_init__(self) -> None:
         for key in ("sites", "positions"):

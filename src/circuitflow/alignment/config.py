@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from circuitflow.workflow import schema_backed
+
 METHODS = ("procrustes", "ridge", "cca")
 NO_MAP = "none"
 SITES = ("hook_resid_pre", "hook_resid_post")
@@ -20,20 +22,21 @@ SHUFFLE_STREAM, RANDOM_STREAM, BOOTSTRAP_STREAM = 1, 2, 3
 
 
 @dataclass(frozen=True)
+@schema_backed("alignment")
 class AlignmentConfig:
     """Settings of one alignment table (config key ``alignment`` plus the global ``seed``)."""
 
-    methods: tuple[str, ...] = METHODS
-    r_max: int = 64
-    ridge_alpha: float = 1.0
-    cca_components: int = 16
-    n_random: int = 50
-    n_shuffles: int = 3
+    methods: tuple[str, ...]
+    r_max: int
+    ridge_alpha: float
+    cca_components: int
+    n_random: int
+    n_shuffles: int
     k_max: int = 10
-    sites: tuple[str, ...] = SITES
-    positions: tuple[str, ...] = ("mean", "last")
-    grid_sites: tuple[str, ...] = ("hook_resid_post",)
-    grid_positions: tuple[str, ...] = ("mean",)
+    sites: tuple[str, ...]
+    positions: tuple[str, ...]
+    grid_sites: tuple[str, ...]
+    grid_positions: tuple[str, ...]
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from circuitflow import store
 from circuitflow.core.errors import CircuitflowError, ConfigError, HookError
 from circuitflow.core.hooks import StopForward, attach_bridge, run_to_stop
 from circuitflow.core.tokens import Tokenized, pad_id, right_pad, tokenize
+from circuitflow.workflow import schema_backed
 
 SITE_ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_resid_post": 2}
 STORE_DTYPES = ("float16", "float32")
@@ -33,25 +34,27 @@ class ExtractionError(CircuitflowError, RuntimeError):
 
 
 @dataclass(frozen=True)
+@schema_backed("extract")
 class ExtractConfig:
-    """What to extract from one model. Layers are block indices; ``None`` means all."""
+    """What to extract from one model. Layers are block indices; ``"all"`` (or ``None``): all."""
 
     n_layers: int
-    layers: tuple[int, ...] | None = None
-    sites: tuple[str, ...] = store.SITES
+    layers: str | tuple[int, ...] | None
+    sites: tuple[str, ...]
     head_layers: tuple[int, ...] | None = None
     per_token_layers: tuple[int, ...] = ()
-    batch_size: int = 16
-    chunk_samples: int = 256
-    store_dtype: str = "float16"
+    batch_size: int
+    chunk_samples: int
+    store_dtype: str
     prepend_bos: bool = True
-    compression_level: int = 3
+    compression_level: int
     model_name: str = "model"
     resid_layers: tuple[int, ...] = field(init=False)
     head_layers_: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
-        layers = tuple(range(self.n_layers)) if self.layers is None else tuple(self.layers)
+        all_layers = self.layers is None or self.layers == "all"
+        layers = tuple(range(self.n_layers)) if all_layers else tuple(self.layers)
         heads = layers if self.head_layers is None else tuple(self.head_layers)
         for key, values in (
             ("layers", layers),

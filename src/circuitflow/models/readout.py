@@ -25,21 +25,10 @@ from circuitflow.core.layers import depth_to_block
 from circuitflow.core.ridge import readout_weights, source_contrast
 from circuitflow.models.vision import Runner, VisionModel, load_vision_model
 from circuitflow.store import GRADED_ATTRIBUTES as GRADED
+from circuitflow.workflow import schema_backed, schema_defaults
 
 READOUTS = ("probe", "clip_prompts")
-# [low-level prompt, high-level prompt] per attribute: the readout grows with the signed level
-# (tone > 0 is high-key, color_cast > 0 warm). tilt has no default: its sign is a rotation
-# direction, not better / worse.
-DEFAULT_CLIP_PROMPTS = {
-    "exposure": ("a dark, underexposed photo", "a bright, well-exposed photo"),
-    "contrast": ("a flat, low-contrast photo", "a punchy, high-contrast photo"),
-    "tone": ("a dark, low-key photo", "a light, high-key photo"),
-    "saturation": ("a dull, desaturated photo", "a vivid, colorful photo"),
-    "color_cast": ("a cool, bluish photo", "a warm, yellowish photo"),
-}
-
 __all__ = [
-    "DEFAULT_CLIP_PROMPTS",
     "GRADED",
     "READOUTS",
     "ClipPromptReadout",
@@ -71,18 +60,17 @@ class ReadoutError(CircuitflowError, ValueError):
 
 # ---------------------------------------------------------------- config
 @dataclass(frozen=True)
+@schema_backed("vision")
 class ReadoutConfig:
     """The readout keys of ``config['vision']`` that patching and steering share."""
 
-    attributes: tuple[str, ...] = ("exposure", "contrast", "tone", "saturation", "color_cast")
-    readout: str | float = 0.8  # hook name, or relative depth over the block hooks
-    position: str = "mean"
-    split: str = "test"
-    levels: str = "extreme"  # extreme | all
+    attributes: tuple[str, ...]
+    readout: str | float  # hook name, or relative depth over the block hooks
+    position: str
+    split: str
+    levels: str  # extreme | all
     readouts: tuple[str, ...] | None = None  # None: probe, plus clip_prompts for open_clip
-    clip_prompts: Mapping[str, Sequence[str]] = field(
-        default_factory=lambda: dict(DEFAULT_CLIP_PROMPTS)
-    )
+    clip_prompts: Mapping[str, Sequence[str]]
 
     def __post_init__(self):
         bad = [r for r in self.readouts or () if r not in READOUTS]
@@ -128,7 +116,11 @@ class ReadoutConfig:
             "split": section.get("split", d.split),
             "levels": section.get("levels", d.levels),
             "readouts": None if section.get("readouts") is None else tuple(section["readouts"]),
-            "clip_prompts": {**DEFAULT_CLIP_PROMPTS, **dict(section.get("clip_prompts") or {})},
+            # a partial mapping is merged over the schema's prompts
+            "clip_prompts": {
+                **schema_defaults("vision")["clip_prompts"],
+                **dict(section.get("clip_prompts") or {}),
+            },
         }
 
     @classmethod

@@ -20,7 +20,6 @@ from circuitflow.patching.ablation import (
 from circuitflow.patching.engine import (
     ABLATION_MODES,
     ABLATIONS,
-    DEFAULT_METRIC_WORDS,
     DIRECTIONS,
     HEAD_SITE,
     POSITION_SETS,
@@ -84,7 +83,6 @@ __all__ = [
     "ABLATIONS",
     "ABLATION_MODES",
     "Ablation",
-    "DEFAULT_METRIC_WORDS",
     "DIRECTIONS",
     "FramePair",
     "HEAD_SITE",

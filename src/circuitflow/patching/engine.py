@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from circuitflow.core.errors import CircuitflowError, ConfigError
 from circuitflow.core.hooks import StopForward, attach_bridge, run_to_stop
 from circuitflow.core.layers import LayerSpec
 from circuitflow.core.tokens import Tokenized, right_pad
+from circuitflow.workflow import schema_backed
 
 DIRECTIONS = ("clean_to_corrupted", "corrupted_to_clean")
 POSITION_SETS = ("all", "non_emotion", "punctuation")
@@ -44,14 +45,6 @@ SPLITS = ("test", "train", "all")
 RESID_SITE = "hook_resid_pre"
 HEAD_SITE = "attn.hook_z"
 
-# Class-indicative continuation words; each becomes " word" / " Word" where that is one token.
-DEFAULT_METRIC_WORDS: dict[str, list[str]] = {
-    "gratitude": ["thanks", "thank", "grateful", "appreciate", "appreciated", "thankful"],
-    "anger": ["angry", "furious", "annoyed", "outraged", "unacceptable", "livid", "frustrated"],
-    "apology": ["sorry", "apologize", "apologise", "apologies", "apology", "regret", "forgive"],
-    "neutral": ["please", "note", "details", "information", "update", "attached", "schedule"],
-}
-
 
 class PatchingError(CircuitflowError, RuntimeError):
     """Patching cannot run as configured; the message names model, key and fix."""
@@ -59,28 +52,27 @@ class PatchingError(CircuitflowError, RuntimeError):
 
 # ---------------------------------------------------------------- config
 @dataclass(frozen=True)
+@schema_backed("patching")
 class PatchConfig:
     """One model's patching run (``config['patching']``)."""
 
-    n_frames: int = 8
-    split: str = "test"
-    residual_layers: LayerSpec = 10
-    head_layers: LayerSpec = 4
-    head_frames: int | None = 4  # None: every chosen frame
-    ablation_layers: LayerSpec = "all"
-    ablation_samples: int = 12
-    direction_position: str = "mean"
-    subspace_k: int = 3
-    random_seeds: int = 3
-    position_sets: tuple[str, ...] = ("all", "non_emotion")
-    probe_position: str = "last"
-    ablation_mode: str = "mean"
-    mean_samples: int = 48
-    min_denominator: float = 0.5
-    batch_size: int = 64
-    metric_words: Mapping[str, Sequence[str]] = field(
-        default_factory=lambda: dict(DEFAULT_METRIC_WORDS)
-    )
+    n_frames: int
+    split: str
+    residual_layers: LayerSpec
+    head_layers: LayerSpec
+    head_frames: int | None  # None: every chosen frame
+    ablation_layers: LayerSpec
+    ablation_samples: int
+    direction_position: str
+    subspace_k: int
+    random_seeds: int
+    position_sets: tuple[str, ...]
+    probe_position: str
+    ablation_mode: str
+    mean_samples: int
+    min_denominator: float
+    batch_size: int
+    metric_words: Mapping[str, Sequence[str]]
     seed: int = 0
 
     def __post_init__(self):

@@ -41,6 +41,7 @@ from circuitflow.core.rand import random_unit
 from circuitflow.models import VisionModel, edit_tokens, take_images, tokens_of
 from circuitflow.models import readout as ro
 from circuitflow.patching.engine import chunks
+from circuitflow.workflow import schema_backed
 
 MODES = ("direction", "full")
 
@@ -50,15 +51,16 @@ class VisionPatchingError(ro.ReadoutError):
 
 
 @dataclass(frozen=True)
+@schema_backed("vision", "patching")
 class VisionPatchConfig(ro.ReadoutConfig):
     """``config['vision']['patching']`` plus the shared readout keys of ``config['vision']``."""
 
-    layers: LayerSpec = 8
-    modes: tuple[str, ...] = ("direction",)
-    random_seeds: int = 1
-    min_gap: float = 0.25
+    layers: LayerSpec
+    modes: tuple[str, ...]
+    random_seeds: int
+    min_gap: float
     batch_size: int = 64
-    clip_min_gap: float = 0.005  # cosine units
+    clip_min_gap: float  # cosine units
 
     def __post_init__(self):
         super().__post_init__()

@@ -30,6 +30,7 @@ from circuitflow.core.generation import eos_ids, greedy_generate, truncate_at_eo
 from circuitflow.core.hooks import attach_bridge
 from circuitflow.core.rand import random_unit
 from circuitflow.core.tokens import encode_texts, left_pad, pad_id
+from circuitflow.workflow import schema_backed
 
 UNSTEERED = "none"
 DIRECTION_POSITIONS = ("last", "trigger_mean")
@@ -41,6 +42,7 @@ class SteeringError(CircuitflowError, RuntimeError):
 
 # ---------------------------------------------------------------- configuration
 @dataclass(frozen=True)
+@schema_backed("steering")
 class SteeringParams:
     """The ``steering`` section of the config (schema defaults live in the schema).
 
@@ -49,20 +51,20 @@ class SteeringParams:
     to blocks.
     """
 
-    layers: tuple[int | float, ...] = (0.33, 0.5)
-    alphas_relative: tuple[float, ...] = (0.1, 0.25)
-    alphas_raw: tuple[float, ...] = ()
-    position: str = "trigger_mean"
+    layers: tuple[int | float, ...]
+    alphas_relative: tuple[float, ...]
+    alphas_raw: tuple[float, ...]
+    position: str
     conditions: tuple[str, ...] | None = None
-    components: tuple[int, ...] = ()
-    random_seeds: tuple[int, ...] = (0, 1)
-    n_prompts: int = 12
-    prompt_template: str = "{text}"
-    max_new_tokens: int = 16
-    window: int = 4
-    batch_size: int = 128
-    evaluators: tuple[str, ...] = ("sentiment", "emotion", "politeness", "fluency")
-    hub_classifiers: Mapping[str, str] = field(default_factory=dict)
+    components: tuple[int, ...]
+    random_seeds: tuple[int, ...]
+    n_prompts: int
+    prompt_template: str
+    max_new_tokens: int
+    window: int
+    batch_size: int
+    evaluators: tuple[str, ...]
+    hub_classifiers: Mapping[str, str]
 
     def __post_init__(self):
         if self.position not in DIRECTION_POSITIONS:

@@ -35,6 +35,7 @@ from circuitflow.core.layers import depth_to_block
 from circuitflow.core.rand import random_unit
 from circuitflow.models import Runner, VisionModel, edit_tokens, take_images
 from circuitflow.models.readout import ClipPromptReadout, ImagePair, Readout, measure, runner_for
+from circuitflow.workflow import schema_backed
 
 Directions = Mapping[tuple[str, str], Float[np.ndarray, " d"]]  # (hook, attribute) -> unit
 
@@ -44,16 +45,17 @@ class VisionSteeringError(CircuitflowError, ValueError):
 
 
 @dataclass(frozen=True)
+@schema_backed("vision", "steering")
 class VisionSteerConfig:
     """``config['vision']['steering']`` plus the shared keys of ``config['vision']``."""
 
-    layers: tuple[float | int, ...] = (0.25, 0.5, 0.75)
-    alphas_relative: tuple[float, ...] = (0.25,)
-    random_seeds: tuple[int, ...] = (0, 1)
+    layers: tuple[float | int, ...]
+    alphas_relative: tuple[float, ...]
+    random_seeds: tuple[int, ...]
     position: str = "mean"
     batch_size: int = 64
-    describe_tokens: int = 0  # VLMs: length of the generated description (0: off)
-    describe_prompt: str = ""
+    describe_tokens: int  # VLMs: length of the generated description (0: off)
+    describe_prompt: str
 
     @classmethod
     def from_config(cls, section: Mapping) -> VisionSteerConfig:

@@ -17,7 +17,9 @@ if not workflow.overwrite_configfiles:
 try:
     validate(config, schema="schemas/config.schema.yaml", set_default=True)
 except WorkflowError as err:
-    if not hasattr(err.__context__, "absolute_path"):  # not a jsonschema ValidationError
+    if not hasattr(
+        err.__context__, "absolute_path"
+    ):  # not a jsonschema ValidationError
         raise
     raise WorkflowError(describe_validation_error(err.__context__)) from None
 
@@ -36,6 +38,7 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         EFFECT_SIZES,
         "results/stats/summary.md",
@@ -48,4 +51,3 @@ rule all:
         rules.plot_alignment.output,
         rules.plot_sae.output,
         rules.plot_vision.output,
-    default_target: True

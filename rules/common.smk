@@ -51,7 +51,11 @@ def dataset_models(dataset):
 
 def vectors_targets():
     """Vectors stores of every (dataset, model) pair that runs: text x text, images x vision."""
-    return [store.VECTORS.format(dataset=d, model=m) for d in DATASETS for m in dataset_models(d)]
+    return [
+        store.VECTORS.format(dataset=d, model=m)
+        for d in DATASETS
+        for m in dataset_models(d)
+    ]
 
 
 def probes_targets():
@@ -82,13 +86,18 @@ def vision_report_inputs():
     """Tables and datasets the vision plots read (rules/report.smk plot_vision)."""
     pairs = [(d, m) for d in IMAGE_DATASETS for m in VISION_MODELS]
     return {
-        "probes": [f"{store.PROBES_DIR.format(dataset=d, model=m)}/probes.csv" for d, m in pairs],
+        "probes": [
+            f"{store.PROBES_DIR.format(dataset=d, model=m)}/probes.csv"
+            for d, m in pairs
+        ],
         "datasets": [store.DATASET_DIR.format(dataset=d) for d in IMAGE_DATASETS],
         "patching": [
-            f"{store.PATCHING_DIR.format(dataset=d, model=m)}/recovery.csv" for d, m in pairs
+            f"{store.PATCHING_DIR.format(dataset=d, model=m)}/recovery.csv"
+            for d, m in pairs
         ],
         "steering": [
-            f"{store.STEERING_DIR.format(dataset=d, model=m)}/samples.csv" for d, m in pairs
+            f"{store.STEERING_DIR.format(dataset=d, model=m)}/samples.csv"
+            for d, m in pairs
         ],
     }
 
@@ -100,6 +109,8 @@ def image_sources(wildcards):
         return {"manifest": entry["manifest"]["csv"]}
     paths = [s for s in entry["images"]["sources"] if not s.startswith("builtin:")]
     return {f"source{i}": path for i, path in enumerate(paths)}
+
+
 # ---- end vision ----
 
 
@@ -135,7 +146,10 @@ check_config()
 
 
 def per_token_hooks(model):
-    return [store.hook_name(layer, "hook_resid_post") for layer in model_entry(model)["per_token_layers"]]
+    return [
+        store.hook_name(layer, "hook_resid_post")
+        for layer in model_entry(model)["per_token_layers"]
+    ]
 
 
 def sae_targets():
@@ -164,13 +178,17 @@ def alignment_targets():
 
 def patching_targets():
     return [
-        store.PATCHING_DIR.format(dataset=d, model=m) for d in PROMPT_DATASETS for m in TEXT_MODELS
+        store.PATCHING_DIR.format(dataset=d, model=m)
+        for d in PROMPT_DATASETS
+        for m in TEXT_MODELS
     ]
 
 
 def steering_targets():
     return [
-        store.STEERING_DIR.format(dataset=d, model=m) for d in PROMPT_DATASETS for m in TEXT_MODELS
+        store.STEERING_DIR.format(dataset=d, model=m)
+        for d in PROMPT_DATASETS
+        for m in TEXT_MODELS
     ]
 
 
@@ -191,7 +209,9 @@ def alignment_summaries_targets():
 
 
 def sae_summaries_targets():
-    return sae_targets()  # directory outputs: their summaries.csv (store.summaries_file)
+    return (
+        sae_targets()
+    )  # directory outputs: their summaries.csv (store.summaries_file)
 
 
 # The statistics phase's inputs: measurements.csv files (store.MEASUREMENTS_FILE layout, per
@@ -231,7 +251,9 @@ def _is_bootstrap_key(key):
 def alignment_map_settings():
     """The alignment section without pairs and the bootstrap keys (they do not change maps)."""
     return {
-        k: v for k, v in config["alignment"].items() if k != "pairs" and not _is_bootstrap_key(k)
+        k: v
+        for k, v in config["alignment"].items()
+        if k != "pairs" and not _is_bootstrap_key(k)
     }
 
 

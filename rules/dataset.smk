@@ -4,18 +4,18 @@ rule build_prompts:
         unpack(dataset_sources),
     output:
         directory(store.DATASET_DIR),
+    log:
+        "logs/build_prompts/{dataset}.log",
     wildcard_constraints:
         dataset=_only(PROMPT_DATASETS),
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     params:
         dataset="{dataset}",
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         test_fraction=lambda wc: dataset_entry(wc.dataset)["test_fraction"],
         seed=config["seed"],
-    log:
-        "logs/build_prompts/{dataset}.log",
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/dataset_build_prompts.py"
 
@@ -28,8 +28,13 @@ rule build_images:
         unpack(image_sources),
     output:
         directory(store.DATASET_DIR),
+    log:
+        "logs/build_images/{dataset}.log",
     wildcard_constraints:
         dataset=_only(IMAGE_DATASETS),
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     params:
         dataset="{dataset}",
         kind=lambda wc: dataset_entry(wc.dataset)["kind"],
@@ -39,10 +44,5 @@ rule build_images:
         manifest=lambda wc: dataset_entry(wc.dataset).get("manifest", {}),
         test_fraction=lambda wc: dataset_entry(wc.dataset)["test_fraction"],
         seed=config["seed"],
-    log:
-        "logs/build_images/{dataset}.log",
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/dataset_build_images.py"

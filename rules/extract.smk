@@ -5,6 +5,15 @@ rule extract_activations:
         model=store.MODEL_DIR,
     output:
         directory(store.ACTIVATIONS),
+    log:
+        "logs/extract_activations/{dataset}/{model}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
+    threads: all_cores()
+    resources:
+        mem_mb=8000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
     params:
         dataset="{dataset}",
         model="{model}",
@@ -13,14 +22,5 @@ rule extract_activations:
         prepend_bos=lambda wc: model_entry(wc.model)["prepend_bos"],
         per_token_layers=lambda wc: model_entry(wc.model)["per_token_layers"],
         extract=config["extract"],
-    log:
-        "logs/extract_activations/{dataset}/{model}.log",
-    threads: all_cores()
-    resources:
-        mem_mb=8000,
-        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/extract_activations.py"

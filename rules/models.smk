@@ -2,18 +2,18 @@ rule prepare_model:
     """Plain HF folder (bf16 safetensors + tokenizer) from a packaged GGUF, hub id or folder."""
     output:
         directory(store.MODEL_DIR),
+    log:
+        "logs/prepare_model/{model}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
+    resources:
+        mem_mb=6000,
     params:
         model="{model}",
         source=lambda wc: model_entry(wc.model)["source"],
         family=lambda wc: model_entry(wc.model)["family"],
         backend=lambda wc: model_entry(wc.model)["backend"],
-    log:
-        "logs/prepare_model/{model}.log",
-    resources:
-        mem_mb=6000,
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/models_prepare.py"
 
@@ -24,13 +24,13 @@ rule describe_model:
         model=store.MODEL_DIR,
     output:
         store.DESCRIBE,
-    params:
-        model="{model}",
-        dtype=lambda wc: model_entry(wc.model)["dtype"],
-        device=lambda wc: model_entry(wc.model)["device"],
     log:
         "logs/describe_model/{model}.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        model="{model}",
+        dtype=lambda wc: model_entry(wc.model)["dtype"],
+        device=lambda wc: model_entry(wc.model)["device"],
     script:
         "../workflow_scripts/models_describe.py"

@@ -10,6 +10,15 @@ rule patch_model:
         activations=store.ACTIVATIONS,
     output:
         directory(store.PATCHING_DIR),
+    log:
+        "logs/patch_model/{dataset}/{model}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
+    threads: all_cores()
+    resources:
+        mem_mb=6000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
     params:
         dataset="{dataset}",
         model="{model}",
@@ -20,15 +29,6 @@ rule patch_model:
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         seed=config["seed"],
         patching=config["patching"],
-    log:
-        "logs/patch_model/{dataset}/{model}.log",
-    threads: all_cores()
-    resources:
-        mem_mb=6000,
-        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/patching_model.py"
 
@@ -47,9 +47,18 @@ rule patch_vision:
     output:
         recovery=f"{store.PATCHING_DIR}/recovery.csv",
         measurements=f"{store.PATCHING_DIR}/{store.MEASUREMENTS_FILE}",
+    log:
+        "logs/patch_vision/{dataset}/{model}.log",
     wildcard_constraints:
         dataset=_only(IMAGE_DATASETS),
         model=_only(VISION_MODELS),
+    conda:
+        "../envs/circuitflow.yaml"
+    # half the cores each, so patching and steering of a model run side by side
+    threads: all_cores(0.5)
+    resources:
+        mem_mb=4000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
     params:
         dataset="{dataset}",
         model="{model}",
@@ -58,14 +67,5 @@ rule patch_vision:
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         vision=config["vision"],
         seed=config["seed"],
-    log:
-        "logs/patch_vision/{dataset}/{model}.log",
-    # half the cores each, so patching and steering of a model run side by side
-    threads: all_cores(0.5)
-    resources:
-        mem_mb=4000,
-        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/patching_vision.py"

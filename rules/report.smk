@@ -51,12 +51,12 @@ rule summary:
         k_selection=store.K_SELECTION,
     output:
         "results/stats/summary.md",
-    params:
-        alpha=config["stats"]["alpha"],
     log:
         "logs/plots/summary.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        alpha=config["stats"]["alpha"],
     script:
         "../workflow_scripts/report_summary.py"
 
@@ -74,14 +74,14 @@ rule plot_steering:
             subcategory="Steering",
             labels={"figure": "{name}"},
         ),
-    params:
-        datasets=PROMPT_DATASETS,  # image datasets' steering is in plot_vision
-        metrics=config["stats"]["steering_metrics"],
-        alpha=config["stats"]["alpha"],
     log:
         "logs/plots/steering.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        datasets=PROMPT_DATASETS,  # image datasets' steering is in plot_vision
+        metrics=config["stats"]["steering_metrics"],
+        alpha=config["stats"]["alpha"],
     script:
         "../workflow_scripts/report_steering.py"
 
@@ -100,12 +100,12 @@ rule plot_patching:
             subcategory="Patching",
             labels={"figure": "{name}"},
         ),
-    params:
-        alpha=config["stats"]["alpha"],
     log:
         "logs/plots/patching.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        alpha=config["stats"]["alpha"],
     script:
         "../workflow_scripts/report_patching.py"
 
@@ -123,12 +123,12 @@ rule plot_alignment:
             subcategory="Alignment",
             labels={"figure": "{name}"},
         ),
-    params:
-        site=(config["alignment"].get("grid_sites") or config["alignment"]["sites"])[0],
     log:
         "logs/plots/alignment.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        site=(config["alignment"].get("grid_sites") or config["alignment"]["sites"])[0],
     script:
         "../workflow_scripts/report_alignment.py"
 

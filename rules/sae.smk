@@ -9,26 +9,15 @@ rule train_sae:
         dataset=store.DATASET_DIR,
     output:
         directory(store.SAE_DIR),
+    log:
+        "logs/train_sae/{dataset}/{model}/{hook}/{architecture}.log",
     wildcard_constraints:
         hook=r"blocks\.\d+\.hook_resid_post",
         # the configured names (the schema enum, checked against the registry in a test)
         architecture=_choice(config["sae"]["architectures"]),
-    params:
-        # every wildcard is a param: Snakemake's cache hash ignores wildcards
-        dataset="{dataset}",
-        model="{model}",
-        hook="{hook}",
-        architecture="{architecture}",
-        sae={key: value for key, value in config["sae"].items() if key != "architectures"},
-        labels=lambda wc: dataset_entry(wc.dataset)["labels"],
-        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
-        top_features=config["stats"]["sae_top_features"],
-        seed=config["seed"],
-        dtype=lambda wc: model_entry(wc.model)["dtype"],
-        device=lambda wc: model_entry(wc.model)["device"],
-        prepend_bos=lambda wc: model_entry(wc.model)["prepend_bos"],
-    log:
-        "logs/train_sae/{dataset}/{model}/{hook}/{architecture}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     # one thread per job: SAE jobs run side by side (training is single-threaded for
     # byte-identical weights; on a busy 2-core machine 2 OpenMP threads ran the CE-loss forward
     # 5x slower). Give more with --set-threads train_sae=N.
@@ -36,8 +25,23 @@ rule train_sae:
     resources:
         mem_mb=6000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
+    params:
+        # every wildcard is a param: Snakemake's cache hash ignores wildcards
+        dataset="{dataset}",
+        model="{model}",
+        hook="{hook}",
+        architecture="{architecture}",
+        sae={
+            key: value
+            for key, value in config["sae"].items()
+            if key != "architectures"
+        },
+        labels=lambda wc: dataset_entry(wc.dataset)["labels"],
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        top_features=config["stats"]["sae_top_features"],
+        seed=config["seed"],
+        dtype=lambda wc: model_entry(wc.model)["dtype"],
+        device=lambda wc: model_entry(wc.model)["device"],
+        prepend_bos=lambda wc: model_entry(wc.model)["prepend_bos"],
     script:
         "../workflow_scripts/sae_train.py"

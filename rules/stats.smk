@@ -3,19 +3,20 @@
 
 rule effect_sizes:
     """Tidy effect-size table: one row per phase x model x layer x site x position x condition
-    x setting x comparison x metric, p corrected within phase x dataset x model x metric."""
+    x setting x comparison x metric, p corrected within phase x dataset x model x metric.
+    """
     input:
         measurements=measurements_targets(),
         summaries=summaries_targets(),
     output:
         EFFECT_SIZES,
-    params:
-        seed=config["seed"],
-        stats=config["stats"],
     log:
         "logs/effect_sizes/effect_sizes.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        seed=config["seed"],
+        stats=config["stats"],
     script:
         "../workflow_scripts/stats_effect_sizes.py"
 
@@ -27,12 +28,12 @@ rule power_analysis:
     output:
         csv=store.POWER_ANALYSIS,
         json=store.POWER_ANALYSIS.replace(".csv", ".json"),
-    params:
-        stats=config["stats"],
     log:
         "logs/power_analysis/power_analysis.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        stats=config["stats"],
     script:
         "../workflow_scripts/stats_power.py"
 
@@ -45,11 +46,11 @@ rule k_selection:
         bootstrap=alignment_bootstrap_targets(),
     output:
         store.K_SELECTION,
-    params:
-        stats=config["stats"],
     log:
         "logs/k_selection/k_selection.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        stats=config["stats"],
     script:
         "../workflow_scripts/stats_k_selection.py"

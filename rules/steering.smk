@@ -8,6 +8,19 @@ rule steer_sweep:
         vectors=store.VECTORS,
     output:
         directory(store.STEERING_DIR),
+    log:
+        "logs/steer_sweep/{dataset}/{model}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
+    # No benchmark: (Snakemake forbids it beside cache:); timings are in the manifest summary.
+    # One thread per job, so the models' jobs run side by side: decoding steps are small and
+    # scale poorly across threads (on a busy shared 2-core machine 1 thread ran 3-8x faster
+    # than 2; idle, 2 threads were 1.5x faster for a single job).
+    threads: 1
+    resources:
+        mem_mb=8000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
     params:
         dataset="{dataset}",
         model="{model}",
@@ -19,19 +32,6 @@ rule steer_sweep:
         steering=config["steering"],
         metrics=config["stats"]["steering_metrics"],
         seed=config["seed"],
-    log:
-        "logs/steer_sweep/{dataset}/{model}.log",
-    # No benchmark: (Snakemake forbids it beside cache:); timings are in the manifest summary.
-    # One thread per job, so the models' jobs run side by side: decoding steps are small and
-    # scale poorly across threads (on a busy shared 2-core machine 1 thread ran 3-8x faster
-    # than 2; idle, 2 threads were 1.5x faster for a single job).
-    threads: 1
-    resources:
-        mem_mb=8000,
-        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/steering_sweep.py"
 
@@ -39,7 +39,8 @@ rule steer_sweep:
 # ---- vision ----
 rule steer_vision:
     """Add alpha x the attribute direction (towards the original) at hooks before the readout
-    to each poor variant; shift of the attribute probe's readout vs random directions."""
+    to each poor variant; shift of the attribute probe's readout vs random directions.
+    """
     input:
         dataset=store.DATASET_DIR,
         model=store.MODEL_DIR,
@@ -49,9 +50,18 @@ rule steer_vision:
     output:
         samples=f"{store.STEERING_DIR}/samples.csv",
         measurements=f"{store.STEERING_DIR}/{store.MEASUREMENTS_FILE}",
+    log:
+        "logs/steer_vision/{dataset}/{model}.log",
     wildcard_constraints:
         dataset=_only(IMAGE_DATASETS),
         model=_only(VISION_MODELS),
+    conda:
+        "../envs/circuitflow.yaml"
+    # half the cores each, so patching and steering of a model run side by side
+    threads: all_cores(0.5)
+    resources:
+        mem_mb=4000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
     params:
         dataset="{dataset}",
         model="{model}",
@@ -60,14 +70,5 @@ rule steer_vision:
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         vision=config["vision"],
         seed=config["seed"],
-    log:
-        "logs/steer_vision/{dataset}/{model}.log",
-    # half the cores each, so patching and steering of a model run side by side
-    threads: all_cores(0.5)
-    resources:
-        mem_mb=4000,
-        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/steering_vision.py"

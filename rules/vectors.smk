@@ -5,17 +5,17 @@ rule directions:
         activations=store.ACTIVATIONS,
     output:
         directory(store.VECTORS),
+    log:
+        "logs/directions/{dataset}/{model}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
     params:
         dataset="{dataset}",
         model="{model}",
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         k_max=config["vectors"]["k_max"],
-    log:
-        "logs/directions/{dataset}/{model}.log",
-    cache: "omit-software"
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/vectors_directions.py"
 
@@ -27,14 +27,14 @@ rule separation:
         store.VECTORS,
     output:
         store.VECTORS_MEASUREMENTS,
-    params:
-        dataset="{dataset}",
-        model="{model}",
-        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
     log:
         "logs/separation/{dataset}/{model}.log",
     conda:
         "../envs/circuitflow.yaml"
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
     script:
         "../workflow_scripts/vectors_separation.py"
 
@@ -49,18 +49,18 @@ rule probes:
     output:
         probes=f"{store.PROBES_DIR}/probes.csv",
         measurements=f"{store.PROBES_DIR}/{store.MEASUREMENTS_FILE}",
+    log:
+        "logs/probes/{dataset}/{model}.log",
     wildcard_constraints:
         dataset=_only(IMAGE_DATASETS),
         model=_only(VISION_MODELS),
+    conda:
+        "../envs/circuitflow.yaml"
     params:
         dataset="{dataset}",
         model="{model}",
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         n_controls=config["vectors"]["probe_controls"],
         seed=config["seed"],
-    log:
-        "logs/probes/{dataset}/{model}.log",
-    conda:
-        "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/vectors_probes.py"

@@ -538,7 +538,7 @@ def test_train_sae_rule_on_a_tiny_model(tmp_path, tiny_model_dirs):
     proc = run(str(out.relative_to(tmp_path)))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir() if p.name not in store.NOT_CONTENT) == sorted(
-        [sae.WEIGHTS_FILE, sae.CFG_FILE, sae.METRICS_FILE, sae.FEATURES_FILE]
+        [sae.WEIGHTS_FILE, sae.CFG_FILE, sae.METRICS_FILE, sae.FEATURES_FILE, store.SUMMARIES_FILE]
     )
     assert store.verify(out) == []
     manifest = store.read_manifest(out)

@@ -722,3 +722,31 @@ def test_k_selection_picks_the_largest_excess_with_bootstrap_ci():
     assert sel.overlap_boot_mean == pytest.approx(np.mean(k2))
     assert sel.overlap_ci_low == pytest.approx(np.quantile(k2, 0.025))
     assert out[~out.selected].p_vs_random.isna().all()
+
+
+# ---------------------------------------------------------------- permutation design
+def test_permutation_summary_gives_the_empirical_p():
+    row = {"phase": "alignment", "dataset": "e", "model": "a__b", "layer": 3,
+           "site": "hook_resid_post", "position": "mean", "condition": "anger",
+           "setting": "method=ridge k=3", "metric": "overlap_after",
+           "comparison": "vs_permuted_labels", "design": "permutation", "value": 0.4,
+           "n_reference": 199, "n_reference_ge": 9, "reference_mean": 0.2,
+           "reference_sd": 0.05}  # fmt: skip
+    rows, skipped = stats.summary_rows(stats.validate_summaries(pd.DataFrame([row])))
+    assert skipped == []
+    (r,) = rows
+    assert r["p"] == pytest.approx(10 / 200) and r["estimate"] == pytest.approx(4.0)
+    assert r["design"] == "permutation" and r["test"] == "permutation_empirical_p"
+    with pytest.raises(ValueError, match="n_null_ge <= n_null"):
+        stats.compare_permutation(0.4, 10, 11, 0.2, 0.05)
+
+
+def test_permutation_p_of_a_null_statistic_is_uniform():
+    rng = np.random.default_rng(0)
+    ps = []
+    for _ in range(400):
+        null = rng.standard_normal(199)
+        value = rng.standard_normal()
+        ps.append(stats.compare_permutation(value, 199, int((null >= value).sum()), 0, 1)["p"])
+    assert sps.kstest(ps, "uniform").pvalue > 0.01
+    assert np.mean(np.array(ps) < 0.05) <= 0.08

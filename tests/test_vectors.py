@@ -145,3 +145,29 @@ def test_cosine_matrix():
     batched = vectors.cosine_matrix(np.stack([unit, unit[::-1]]))
     assert batched.shape == (2, 3, 3)
     np.testing.assert_allclose(batched[1], vectors.cosine_matrix(unit[::-1]))
+
+
+def test_matched_control_carries_the_direction_variance():
+    from circuitflow.core import rand
+
+    rng = np.random.default_rng(3)
+    for d, n in ((200, 300), (300, 100)):
+        x = rng.standard_normal((n, d)) * np.logspace(0, -3, d)  # a few high-variance axes
+        xc = x - x.mean(0)
+
+        def var(w):
+            w = w / np.linalg.norm(w)
+            return float(((xc @ w) ** 2).sum() / (n - 1))
+
+        high = np.zeros(d)
+        high[:3] = 1.0
+        for target in (high, rng.standard_normal(d), np.eye(d)[d - 1]):
+            u = rand.matched_unit(x, target, np.random.default_rng(1))
+            assert np.linalg.norm(u) == pytest.approx(1.0)
+            assert var(u) == pytest.approx(var(target), rel=0.05)
+        # an isotropic unit direction carries far less than the high-variance one
+        iso = rng.standard_normal(d)
+        assert var(iso) < 0.2 * var(high)
+        basis = rand.orthonormal_rows(rng.standard_normal((3, d)) * np.logspace(0, -3, d), 3)
+        matched = rand.matched_basis(x, basis, np.random.default_rng(2))
+        np.testing.assert_allclose(matched @ matched.T, np.eye(3), atol=1e-10)

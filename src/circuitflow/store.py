@@ -62,8 +62,9 @@ MEASUREMENT_COLUMNS = [
 ]
 # Per-comparison summaries (designs without per-unit values), columns
 # (circuitflow.stats.SUMMARY_COLUMNS): the group columns above plus comparison, design
-# (single_case | auroc), value (the observed statistic), reference_mean, reference_sd,
-# n_treatment, n_reference (the reference draws or the baseline group), mean_treatment,
+# (single_case | auroc | permutation), value (the observed statistic), reference_mean,
+# reference_sd, n_treatment, n_reference (the reference draws or the baseline group),
+# n_reference_ge (permutation: draws >= value), mean_treatment,
 # mean_baseline, family_part, n_family_part (hypotheses of one part of a family: a family's
 # n_family is their sum over its distinct parts, e.g. every live feature of every SAE).
 SUMMARIES_FILE = "summaries.csv"

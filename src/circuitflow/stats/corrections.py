@@ -53,7 +53,7 @@ EFFECT_COLUMNS = [
 # sd_*: empty for a single observation; ci/df/auroc: where the method has none.
 OPTIONAL = {"layer", "sd_treatment", "sd_baseline", "ci_low", "ci_high", "df", "auroc"}
 REQUIRED = [c for c in EFFECT_COLUMNS if c not in OPTIONAL]
-DESIGNS = ("paired", "independent", "single_case", "auroc")
+DESIGNS = ("paired", "independent", "single_case", "auroc", "permutation")
 COMPARISONS = {"baseline": "vs_baseline", "control": "vs_random_control"}
 
 

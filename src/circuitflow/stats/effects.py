@@ -203,6 +203,39 @@ def compare_single_case(value: float, mean: float, sd: float, n: int) -> dict:
     }
 
 
+def compare_permutation(
+    value: float, n_null: int, n_null_ge: int, null_mean: float, null_sd: float
+) -> dict:
+    """One observed statistic against ``n_null`` draws of its null (the same operation on
+    permuted labels or shuffled pairings): the one-sided empirical p = (1 + #null >= observed)
+    / (1 + n_null) (Phipson & Smyth 2010), effect z = (value - null mean) / null sd."""
+    if n_null < 1 or not 0 <= n_null_ge <= n_null or not math.isfinite(value):
+        raise ValueError(
+            f"permutation test needs n_null >= 1 draws and 0 <= n_null_ge <= n_null "
+            f"(n_null={n_null}, n_null_ge={n_null_ge})"
+        )
+    z = (value - null_mean) / null_sd if null_sd > 0 else np.nan
+    return {
+        "design": "permutation",
+        "test": "permutation_empirical_p",
+        "n_treatment": 1,
+        "n_baseline": int(n_null),
+        "mean_treatment": float(value),
+        "sd_treatment": np.nan,
+        "mean_baseline": float(null_mean),
+        "sd_baseline": float(null_sd),
+        "effect_size": "z_null",
+        "estimate": float(z),
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "ci_method": "none",
+        "statistic": float(value),
+        "df": np.nan,
+        "p": float((1 + n_null_ge) / (1 + n_null)),
+        "auroc": np.nan,
+    }
+
+
 def auroc_test(auroc: float, n_pos: int, n_neg: int, confidence_level: float = 0.95) -> dict:
     """AUROC against 0.5 without the samples: the Mann-Whitney U normal approximation (no tie
     correction) for p, Hanley & McNeil (1982) standard error for the CI."""

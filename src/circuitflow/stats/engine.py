@@ -18,6 +18,7 @@ from circuitflow.stats.effects import (
     auroc_test,
     compare_independent,
     compare_paired,
+    compare_permutation,
     compare_single_case,
 )
 
@@ -37,6 +38,7 @@ SUMMARY_COLUMNS = [
     "reference_sd",
     "n_treatment",
     "n_reference",
+    "n_reference_ge",
     "mean_treatment",
     "mean_baseline",
     "family_part",
@@ -160,8 +162,18 @@ def _auroc(r, confidence_level: float) -> dict:
     }
 
 
+def _permutation(r, confidence_level: float) -> dict:
+    return compare_permutation(
+        float(r.value),
+        int(r.n_reference),
+        int(r.n_reference_ge),
+        float(r.reference_mean),
+        float(r.reference_sd),
+    )
+
+
 # design -> test of one summary row (the designs of EFFECT_COLUMNS without per-unit values)
-SUMMARY_DESIGNS = {"single_case": _single_case, "auroc": _auroc}
+SUMMARY_DESIGNS = {"single_case": _single_case, "auroc": _auroc, "permutation": _permutation}
 
 
 def validate_summaries(s: pd.DataFrame, source: str = "summaries") -> pd.DataFrame:
@@ -170,7 +182,14 @@ def validate_summaries(s: pd.DataFrame, source: str = "summaries") -> pd.DataFra
     for col in ("setting", "family_part"):
         if col not in s:
             s[col] = ""
-    optional = ("layer", "reference_mean", "reference_sd", "n_treatment", "n_reference")
+    optional = (
+        "layer",
+        "reference_mean",
+        "reference_sd",
+        "n_treatment",
+        "n_reference",
+        "n_reference_ge",
+    )
     for col in (*optional, "mean_treatment", "mean_baseline", "n_family_part"):
         if col not in s:
             s[col] = np.nan

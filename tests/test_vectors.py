@@ -155,9 +155,9 @@ def test_matched_control_carries_the_direction_variance():
         x = rng.standard_normal((n, d)) * np.logspace(0, -3, d)  # a few high-variance axes
         xc = x - x.mean(0)
 
-        def var(w):
+        def var(w, xc=xc):
             w = w / np.linalg.norm(w)
-            return float(((xc @ w) ** 2).sum() / (n - 1))
+            return float(((xc @ w) ** 2).sum() / (len(xc) - 1))
 
         high = np.zeros(d)
         high[:3] = 1.0

@@ -84,6 +84,14 @@ SITES = ("hook_resid_pre", "hook_resid_post")
 # names; towers of a VLM other than the language model carry a prefix (``vision.blocks.3...``).
 VISION_SITES = ("hook_out",)
 TOWERS = ("vision",)
+# The direction variables of a vectors store, by contrast (config key direction_contrast):
+# emotion vs neutral (a shared "emotional register" axis dominates it), emotion vs the other
+# emotions (specificity), and the multinomial probe's direction.
+DIRECTION_VARIABLES = {
+    "vs_neutral": "direction",
+    "vs_others": "direction_vs_others",
+    "probe": "direction_probe",
+}
 # Graded image attributes: the ``attribute`` coordinate of image datasets, with a ``level``.
 GRADED_ATTRIBUTES = ("exposure", "contrast", "tone", "saturation", "color_cast", "tilt")
 VISION_POSITIONS = ("mean", "center", "max")  # pooled over the spatial grid (CNN, ViT patches)

@@ -34,6 +34,7 @@ include: "rules/alignment.smk"
 include: "rules/patching.smk"
 include: "rules/steering.smk"
 include: "rules/stats.smk"
+include: "rules/calibration.smk"
 include: "rules/report.smk"
 
 
@@ -41,6 +42,7 @@ rule all:
     default_target: True
     input:
         EFFECT_SIZES,
+        CALIBRATION,
         "results/stats/summary.md",
         rules.power_analysis.output,
         rules.k_selection.output,

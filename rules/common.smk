@@ -7,6 +7,17 @@ from circuitflow import store
 MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
 EFFECT_SIZES = store.EFFECT_SIZES
+# Calibration (rules/calibration.smk): a permuted-label copy of each prompt dataset per seed,
+# run through the same rules; name -> (real dataset, permutation seed).
+PERMUTED = {
+    f"{d}.permuted{s}": (d, s)
+    for d in DATASETS
+    if config["datasets"][d]["kind"] == "prompts"
+    for s in config["calibration"]["seeds"]
+}
+CALIBRATION_DATASETS = list(PERMUTED)
+CALIBRATION_EFFECT_SIZES = "results/stats/calibration/effect_sizes.csv"
+CALIBRATION = "results/stats/calibration.csv"
 
 
 def _choice(names):
@@ -15,7 +26,7 @@ def _choice(names):
 
 wildcard_constraints:
     model=_choice(MODELS),
-    dataset=_choice(DATASETS),
+    dataset=_choice(DATASETS + CALIBRATION_DATASETS),
 
 
 def model_entry(model):
@@ -23,6 +34,9 @@ def model_entry(model):
 
 
 def dataset_entry(dataset):
+    if dataset in PERMUTED:  # the real dataset's entry, its labels permuted
+        real, seed = PERMUTED[dataset]
+        return {**config["datasets"][real], "permute_labels": seed}
     return config["datasets"][dataset]
 
 
@@ -142,7 +156,29 @@ def check_config():
                 )
 
 
+def check_calibration():
+    """Calibration copies must not shadow a configured dataset, and each override must give
+    a valid config section once merged (one line naming the key)."""
+    import jsonschema
+
+    from circuitflow.workflow import config_schema, describe_validation_error
+
+    clash = sorted(set(PERMUTED) & set(DATASETS))
+    if clash:
+        raise WorkflowError(
+            f"config key datasets.{clash[0]}: the name of a calibration copy; rename the dataset"
+        )
+    validator = jsonschema.Draft202012Validator(config_schema())
+    for section, override in config["calibration"]["overrides"].items():
+        trial = {**config, section: {**config[section], **override}}
+        err = jsonschema.exceptions.best_match(validator.iter_errors(trial))
+        if err is not None:
+            line = describe_validation_error(err)
+            raise WorkflowError(line.replace(" key ", " key calibration.overrides.", 1))
+
+
 check_config()
+check_calibration()
 
 
 def per_token_hooks(model):
@@ -208,10 +244,8 @@ def alignment_summaries_targets():
     ]
 
 
-def sae_summaries_targets():
-    return (
-        sae_targets()
-    )  # directory outputs: their summaries.csv (store.summaries_file)
+def sae_measurements_targets():
+    return sae_targets()  # directory outputs: their measurements.csv (store.measurements_file)
 
 
 # The statistics phase's inputs: measurements.csv files (store.MEASUREMENTS_FILE layout, per
@@ -224,8 +258,9 @@ MEASUREMENT_SOURCES = [
     probes_targets,
     vision_patching_targets,
     vision_steering_targets,
+    sae_measurements_targets,
 ]
-SUMMARY_SOURCES = [alignment_summaries_targets, sae_summaries_targets]
+SUMMARY_SOURCES = [alignment_summaries_targets]
 
 
 def measurements_targets():
@@ -234,6 +269,34 @@ def measurements_targets():
 
 def summaries_targets():
     return [path for source in SUMMARY_SOURCES for path in source()]
+
+
+def permuted_targets(sources):
+    """The calibration copies' paths of ``sources`` (MEASUREMENT_SOURCES, SUMMARY_SOURCES):
+    each path results/<phase>/{dataset}/... of a permuted dataset's real one, per copy.
+    """
+    out = []
+    for source in sources:
+        for path in source():
+            parts = Path(path).parts
+            out += [
+                str(Path(*parts[:2], name, *parts[3:]))
+                for name, (real, _) in PERMUTED.items()
+                if parts[2] == real
+            ]
+    return out
+
+
+def phase_config(section, dataset):
+    """config[section] for a dataset's jobs; a calibration copy's jobs take
+    calibration.overrides.<section> over it (fewer layers: a bounded calibration run).
+    """
+    if dataset in PERMUTED:
+        return {
+            **config[section],
+            **config["calibration"]["overrides"].get(section, {}),
+        }
+    return config[section]
 
 
 def alignment_bootstrap_targets():
@@ -248,12 +311,14 @@ def _is_bootstrap_key(key):
     return key == "n_bootstrap" or key.startswith("bootstrap_")
 
 
-def alignment_map_settings():
-    """The alignment section without pairs and the bootstrap keys (they do not change maps)."""
+def alignment_map_settings(dataset=None):
+    """The alignment section without pairs and the bootstrap keys (they do not change maps);
+    with ``dataset``, that dataset's (phase_config)."""
+    section = (
+        config["alignment"] if dataset is None else phase_config("alignment", dataset)
+    )
     return {
-        k: v
-        for k, v in config["alignment"].items()
-        if k != "pairs" and not _is_bootstrap_key(k)
+        k: v for k, v in section.items() if k != "pairs" and not _is_bootstrap_key(k)
     }
 
 

@@ -1,5 +1,6 @@
 rule build_prompts:
-    """Validated emotion prompts + expanded counterfactual frames, split train/test."""
+    """Validated emotion prompts + expanded counterfactual frames, split train/test; for a
+    calibration copy ({dataset}.permuted{seed}), the same rows with permuted labels."""
     input:
         unpack(dataset_sources),
     output:
@@ -7,7 +8,7 @@ rule build_prompts:
     log:
         "logs/build_prompts/{dataset}.log",
     wildcard_constraints:
-        dataset=_only(PROMPT_DATASETS),
+        dataset=_only(PROMPT_DATASETS + CALIBRATION_DATASETS),
     cache: "omit-software"
     conda:
         "../envs/circuitflow.yaml"
@@ -15,6 +16,7 @@ rule build_prompts:
         dataset="{dataset}",
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         test_fraction=lambda wc: dataset_entry(wc.dataset)["test_fraction"],
+        permute_labels=lambda wc: dataset_entry(wc.dataset).get("permute_labels"),
         seed=config["seed"],
     script:
         "../workflow_scripts/dataset_build_prompts.py"

@@ -2,7 +2,9 @@
 
 
 rule train_sae:
-    """SAE on one hook's per-token residuals: SAELens-format weights, metrics, feature table."""
+    """SAE on one hook's per-token residuals: SAELens-format weights, metrics (CE recovered,
+    Delta CE), feature table, and measurements.csv (top features chosen on train samples,
+    tested on test samples; per-prompt CE losses) for effect_sizes."""
     input:
         activations=store.ACTIVATIONS,
         model=store.MODEL_DIR,

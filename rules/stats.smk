@@ -3,7 +3,8 @@
 
 rule effect_sizes:
     """Tidy effect-size table: one row per phase x model x layer x site x position x condition
-    x setting x comparison x metric, p corrected within phase x dataset x model x metric.
+    x setting x comparison x metric, p corrected within phase x dataset x model x metric x
+    comparison; untested comparisons stay as rows (p = 1, reason in note).
     """
     input:
         measurements=measurements_targets(),
@@ -39,8 +40,8 @@ rule power_analysis:
 
 
 rule k_selection:
-    """Bootstrap CI of the subspace overlap at each k, the selected k with its CI, and the
-    test against random subspaces at that k."""
+    """Bootstrap CI of the subspace overlap at each k; k chosen on some bootstrap replicates
+    and tested against random subspaces on the others (stats.k_select_fraction)."""
     input:
         tables=alignment_targets(),
         bootstrap=alignment_bootstrap_targets(),

@@ -1,6 +1,9 @@
-# Steering sweeps with evaluators and random controls (issue 4).
+# Steering sweeps with evaluators and variance-matched random controls (issue 4).
 rule steer_sweep:
-    """Batched greedy generation: layers x alphas x directions (+ random controls), scored."""
+    """Batched greedy generation: layers x alphas x directions (steering.direction_contrast)
+    + random controls matched in the variance they carry, scored; fluency.csv per
+    configuration, and a note in measurements.csv where fluency leaves the unsteered band.
+    """
     input:
         dataset=store.DATASET_DIR,
         model=store.MODEL_DIR,

@@ -1,5 +1,7 @@
 rule directions:
-    """Mean-difference direction per hook x position x condition (train split) + projections."""
+    """Directions per hook x position x condition (train split): vs the baseline (mean
+    difference), vs the other conditions, the multinomial probe's; projections, the shared
+    axis and each direction's cosine to it, the train-split CV specificity AUROC."""
     input:
         dataset=store.DATASET_DIR,
         activations=store.ACTIVATIONS,
@@ -16,17 +18,25 @@ rule directions:
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         k_max=config["vectors"]["k_max"],
+        seed=config["seed"],
+        specificity={
+            key.removeprefix("specificity_"): value
+            for key, value in config["vectors"].items()
+            if key.startswith("specificity_")
+        },
     script:
         "../workflow_scripts/vectors_directions.py"
 
 
 rule separation:
-    """Held-out projections on each direction as per-sample measurements (condition vs
-    baseline test samples) for the statistics phase."""
+    """Held-out projections as per-sample measurements for the statistics phase: condition vs
+    baseline along the mean difference, condition vs the other conditions along every
+    contrast's direction (each hook, and the hook chosen by train-split CV)."""
     input:
         store.VECTORS,
     output:
-        store.VECTORS_MEASUREMENTS,
+        measurements=store.VECTORS_MEASUREMENTS,
+        specificity=store.VECTORS_SPECIFICITY,
     log:
         "logs/separation/{dataset}/{model}.log",
     conda:

@@ -113,7 +113,9 @@ def test_maps_recover_planted_rotation(planted, method):
 
 def test_before_is_near_chance_and_baselines_are_low(planted):
     table = _rows(planted)
-    assert set(table.method) == {"none", "procrustes", "ridge", "cca"}
+    # d_a != d_b: no shared basis, so no method "none"
+    assert set(table.method) == {"procrustes", "ridge", "cca"}
+    assert (table.measure == alignment.OVERLAP).all()
     assert table.k.max() == CONFIG.k_max
     for method in ("procrustes", "ridge", "cca"):
         rows = table[table.method == method]
@@ -121,16 +123,37 @@ def test_before_is_near_chance_and_baselines_are_low(planted):
         # shuffled pairings: same capacity, no correspondence -> near chance in 20 dims
         assert (rows.overlap_shuffled < 0.5).all()
         assert rows.overlap_shuffled.mean() == pytest.approx((rows.k / D_A).mean(), abs=0.1)
+        assert (rows.n_shuffled == CONFIG.n_shuffles).all()
+        assert (rows.n_shuffled_ge == 0).all()
         assert (rows.map_r2_test > 0.99).all()
+    # no rows of every label on these sides: no permuted-label null
+    assert (table.n_permuted == 0).all() and table.overlap_permuted.isna().all()
     # with no preferred axes in the neutral data, PCA coordinates carry no correspondence:
     # "before" is at chance (k/d_a inside the 20-dim image, k/d_b for the random baseline)
-    none = table[table.method == "none"]
-    np.testing.assert_array_equal(none.overlap_before, none.overlap_after)
-    assert none.overlap_shuffled.isna().all()
-    assert none.overlap_before.mean() == pytest.approx(none.overlap_random_mean.mean(), abs=0.1)
-    assert (none.overlap_before < 0.6).all()
-    np.testing.assert_allclose(none.overlap_random_mean, none.k / D_B, atol=0.02)
+    assert table.overlap_before.mean() == pytest.approx(table.overlap_random_mean.mean(), abs=0.1)
+    assert (table.overlap_before < 0.6).all()
+    np.testing.assert_allclose(table.overlap_random_mean, table.k / D_B, atol=0.02)
     assert (table.n_train_neutral == len(planted[0])).all()
+
+
+def test_method_none_only_with_a_shared_basis(planted):
+    """Equal widths: ``none`` is the identity (the models write one basis); unequal: dropped,
+    and fitting it names the widths."""
+    x_a, _, t_a, _, sub_a, _ = planted
+    rng = np.random.default_rng(3)
+    x_b, t_b = x_a + 0.01 * rng.standard_normal(x_a.shape) + 2.0, t_a + 2.0  # an offset
+    table = pd.DataFrame(
+        alignment.align_pair(_side(x_a, t_a, sub_a), _side(x_b, t_b, sub_a), CONFIG)
+    )
+    none = table[table.method == "none"]
+    assert len(none) == 2 * CONFIG.k_max
+    np.testing.assert_allclose(none.overlap_after, 1.0)
+    assert (none.n_shuffled == 0).all()  # the identity has no fit to shuffle
+    fitted = alignment.fit_map("none", x_a, x_b)
+    np.testing.assert_array_equal(fitted.matrix, np.eye(D_A))
+    assert alignment.map_r2(fitted, t_a, t_b) > 0.99  # the offset is fit
+    with pytest.raises(ValueError, match=r"assumes a shared basis: d_model 20 != 24"):
+        alignment.fit_map("none", x_a, planted[1])
 
 
 def test_pca_axes_line_up_when_spectra_are_distinct():
@@ -194,7 +217,7 @@ def test_deterministic(planted):
     first, second = _rows(planted), _rows(planted)
     pd.testing.assert_frame_equal(first, second, check_exact=True)
     x_a, x_b, *_ = planted
-    for method in ("procrustes", "ridge", "cca", "none"):
+    for method in ("procrustes", "ridge", "cca"):
         a = alignment.fit_map(method, x_a, x_b, CONFIG).matrix
         b = alignment.fit_map(method, x_a, x_b, CONFIG).matrix
         np.testing.assert_array_equal(a, b)
@@ -211,6 +234,12 @@ def test_config_errors_name_the_key():
         alignment.AlignmentConfig(methods=("procrustes", "pls"))
     with pytest.raises(ValueError, match="alignment.ridge_alpha"):
         alignment.AlignmentConfig(ridge_alpha=0)
+    with pytest.raises(ValueError, match=r"^alignment.similarity: \['cka'\] not among"):
+        alignment.AlignmentConfig(similarity=("cka",))
+    with pytest.raises(ValueError, match=r"^alignment.n_label_permutations: -1 must be >= 0"):
+        alignment.AlignmentConfig(n_label_permutations=-1)
+    with pytest.raises(ValueError, match=r"^alignment.knn_k: 0 must be >= 1"):
+        alignment.AlignmentConfig(knn_k=0)
     with pytest.raises(ValueError, match="unknown alignment method"):
         alignment.fit_map("pls", np.zeros((5, 2)), np.zeros((5, 2)))
     cfg = alignment.AlignmentConfig.from_config({"pairs": [["a", "b"]], "r_max": 8}, 3, 7)
@@ -308,53 +337,115 @@ def tiny_stores(tmp_path_factory):
     }
 
 
-def _table(tiny_stores, config):
+def _table(tiny_stores, config, null_ks=None):
     a, ids = alignment.read_model_inputs(
         *tiny_stores["tiny-a"], "neutral", ["mean", "last"], alignment.SITES
     )
     b, _ = alignment.read_model_inputs(
         *tiny_stores["tiny-b"], "neutral", ["mean", "last"], alignment.SITES, sample_order=ids
     )
-    return alignment.alignment_table(a, b, config, "toy")
+    return alignment.alignment_table(a, b, config, "toy", null_ks=null_ks)
 
 
-def test_table_from_stores(tiny_stores):
-    config = alignment.AlignmentConfig(
-        k_max=3, n_random=20, n_shuffles=2, cca_components=12, ridge_alpha=0.01
-    )
-    table = _table(tiny_stores, config)
+TABLE_CONFIG = alignment.AlignmentConfig(
+    k_max=3,
+    n_random=20,
+    n_shuffles=30,
+    n_label_permutations=30,
+    cca_components=12,
+    ridge_alpha=0.01,
+    knn_k=5,
+)
+
+
+@pytest.fixture(scope="module")
+def toy_table(tiny_stores):
+    return _table(tiny_stores, TABLE_CONFIG, null_ks=[1, 3])
+
+
+def test_table_from_stores(tiny_stores, toy_table):
+    table = toy_table
     assert list(table.columns) == list(alignment.COLUMNS)
     assert (table.dataset == "toy").all()
     assert set(table.model_a) == {"tiny-a"} and set(table.model_b) == {"tiny-b"}
-    assert set(table.method) == {"none", "procrustes", "ridge", "cca"}
-    assert set(table.k) == {1, 2, 3}
-    assert (table.n_train_neutral == 30).all()
-    overlaps = table[["overlap_before", "overlap_after", "overlap_random_mean"]]
+    assert set(table.measure) == {"subspace_overlap", "cka_debiased", "mutual_knn"}
+    ov = table[table.measure == alignment.OVERLAP]
+    assert set(ov.method) == {"procrustes", "ridge", "cca"}  # 12 vs 14 dims: no "none"
+    assert set(ov.k) == {1, 2, 3}
+    assert (ov.n_train_neutral == 30).all()
+    overlaps = ov[["overlap_before", "overlap_after", "overlap_random_mean"]]
     assert ((overlaps >= -1e-9) & (overlaps <= 1 + 1e-9)).all().all()
     # the full grid only for resid_post x mean; matched depths elsewhere
-    pairs = table.groupby(["site", "position"])[["layer_a", "layer_b"]].apply(
+    pairs = ov.groupby(["site", "position"])[["layer_a", "layer_b"]].apply(
         lambda g: set(map(tuple, g.drop_duplicates().values))
     )
     assert pairs["hook_resid_post", "mean"] == {(la, lb) for la in range(3) for lb in range(2)}
     matched_post = alignment.matched_pairs(range(3), range(2), "hook_resid_post", 3, 2)
     assert pairs["hook_resid_post", "last"] == matched_post
-    grid = table[(table.site == "hook_resid_post") & (table.position == "mean")]
+    grid = ov[(ov.site == "hook_resid_post") & (ov.position == "mean")]
     np.testing.assert_array_equal(
         grid.matched_depth,
         [p in matched_post for p in zip(grid.layer_a, grid.layer_b, strict=True)],
     )
-    rel = table.drop_duplicates(["site", "layer_a"])
+    rel = ov.drop_duplicates(["site", "layer_a"])
     np.testing.assert_allclose(
         rel.relative_depth_a, (rel.layer_a + (rel.site == "hook_resid_post")) / 3
     )
-    # resid_post of tiny-a layer 1 is tiny-b's resid_post layer 0 rotated: the maps find it
+    # nulls exactly where the statistics test: matched depths, k in null_ks
+    tested = ov.matched_depth & ov.k.isin([1, 3])
+    assert (ov.n_shuffled[tested] == 30).all() and (ov.n_permuted[tested] == 30).all()
+    assert (ov.n_shuffled[~tested] == 0).all() and ov.overlap_permuted[~tested].isna().all()
+    # similarity rows: one per measure and matched pair, every test sample
+    sim = table[table.measure != alignment.OVERLAP]
+    assert sim.matched_depth.all() and (sim.condition == "all").all() and (sim.k == 0).all()
+    assert (sim.n_test == 30).all() and (sim.n_shuffled == 30).all()
+    assert len(sim) == 2 * len(
+        table[table.matched_depth].groupby(["site", "position", "layer_a", "layer_b"])
+    )
+    # resid_post of tiny-a layer 1 is tiny-b's resid_post layer 0 rotated: the maps find it,
+    # above the shuffled pairings. B is ALL of A rotated, so subspaces of random groupings
+    # align too: the permuted-label null is high (it asks what is specific to the labels)
     hit = table[(table.site == "hook_resid_post") & (table.layer_a == 1) & (table.layer_b == 0)]
     for method in ("procrustes", "ridge", "cca"):
         rows = hit[(hit.method == method) & (hit.k == 1)]
         assert (rows.map_r2_test > 0.95).all(), rows
         assert (rows.overlap_after > 0.9).all(), rows
         assert (rows.overlap_after > rows.overlap_shuffled + 0.3).all(), rows
-    assert table.equals(_table(tiny_stores, config))
+        assert (rows.n_shuffled_ge == 0).all(), rows
+        assert (rows.overlap_permuted > 0.5).all(), rows
+    cka = hit[hit.measure == "cka_debiased"].iloc[0]
+    assert cka.similarity > 0.9 and cka.n_shuffled_ge == 0
+    # resid_post L is resid_pre L + 1 (same arrays): those pairs give the same rows
+    cols = ["measure", "condition", "method", "k", "overlap_after", "n_permuted_ge", "similarity"]
+    for position in ("mean", "last"):
+        post = table[(table.site == "hook_resid_post") & (table.position == position)]
+        pre = table[(table.site == "hook_resid_pre") & (table.position == position)]
+        for (la, lb), part in post[post.matched_depth].groupby(["layer_a", "layer_b"]):
+            same = pre[(pre.layer_a == la + 1) & (pre.layer_b == lb + 1)]
+            if len(same):
+                pd.testing.assert_frame_equal(
+                    part[cols].reset_index(drop=True), same[cols].reset_index(drop=True)
+                )
+    assert table.equals(_table(tiny_stores, TABLE_CONFIG, null_ks=[1, 3]))
+
+
+def test_summaries_are_permutation_rows_the_engine_reads(toy_table):
+    from circuitflow import stats
+
+    summaries = alignment.alignment_summaries(toy_table, ks=[1])
+    assert set(summaries.design) == {"permutation"}
+    assert set(summaries.comparison) == {"vs_shuffled_pairs", "vs_permuted_labels"}
+    assert set(summaries.metric) == {"overlap_after", "cka_debiased", "mutual_knn"}
+    # the uniform random baseline and overlap_before are never tested; only k in ks
+    assert not summaries.setting.str.contains("k=3").any()
+    sim = summaries[summaries.metric != "overlap_after"]
+    assert set(sim.comparison) == {"vs_shuffled_pairs"}
+    rows, skipped = stats.summary_rows(stats.validate_summaries(summaries))
+    assert skipped == [] and len(rows) == len(summaries)
+    for row, s in zip(rows, summaries.itertuples(), strict=True):
+        assert row["p"] == pytest.approx((1 + s.n_reference_ge) / (1 + s.n_reference))
+    matched = toy_table[toy_table.matched_depth & (toy_table.k == 1)]
+    assert len(summaries[summaries.metric == "overlap_after"]) == 2 * len(matched)
 
 
 def test_read_model_inputs_rejects_unpaired_samples(tiny_stores):
@@ -454,8 +545,9 @@ def test_bootstrap_pair_planted_rotation():
     again = pd.DataFrame(alignment.bootstrap_pair(x_a, x_b, labels, "neutral", config, 8))
     pd.testing.assert_frame_equal(rows, again)
     # replicates differ from one another (the samples were resampled)
-    k1 = rows[(rows.method == "none") & (rows.k == 1) & (rows.condition == "anger")]
-    assert k1.overlap_after.nunique() > 1
+    k1 = rows[(rows.method == "procrustes") & (rows.k == 1) & (rows.condition == "anger")]
+    assert k1.overlap_before.nunique() > 1
+    assert "none" not in set(rows.method)  # 12 vs 14 dims: no shared basis
 
 
 def test_bootstrap_config_errors_name_the_key():
@@ -463,3 +555,216 @@ def test_bootstrap_config_errors_name_the_key():
         alignment.BootstrapConfig(pairs="all")
     with pytest.raises(ValueError, match=r"^alignment.n_bootstrap: -1 must be >= 0"):
         alignment.BootstrapConfig(n_bootstrap=-1)
+
+
+# ---------------------------------------------------------------- nulls through the same map
+def _labelled_side(x, labels, split, k_max=3, blocks=None):
+    """A Side with every label's rows and the vectors phase's subspaces (train split)."""
+    train = split == "train"
+    x32 = x.astype(np.float32)  # as stored
+    x64, neutral = x32.astype(np.float64), labels == "neutral"
+    subs = {}
+    for c in EMOTIONS:
+        diffs = vectors.difference_vectors(x64, labels, c, "neutral", train)
+        subs[c] = vectors.pca_subspace(diffs, k_max)[0]
+    blocks = np.full(len(x), "") if blocks is None else blocks
+    rows = alignment.Labelled(x32, labels, split, blocks, "neutral")
+    return alignment.Side(x64[neutral & train], x64[neutral & ~train], subs, rows)
+
+
+EMOTIONS = ("anger", "gratitude", "apology")
+
+
+def _design(n_train, n_test):
+    labels = np.repeat(["neutral", *EMOTIONS], n_train + n_test)
+    split = np.tile(np.r_[["train"] * n_train, ["test"] * n_test], 4)
+    return labels, split
+
+
+def _power_law(rng, n, d):
+    """Rows with a power-law variance spectrum (var_i ~ 1/i) and a constant offset."""
+    return rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.5 + 3 * rng.standard_normal(d)
+
+
+def _unrelated(seed, d_a=96, d_b=107, n_train=60, n_test=25):
+    """Two independent power-law 'models' (576 vs 640 scaled down by 6), random labels."""
+    rng = np.random.default_rng(seed)
+    labels, split = _design(n_train, n_test)
+    x_a, x_b = _power_law(rng, len(labels), d_a), _power_law(rng, len(labels), d_b)
+    return _labelled_side(x_a, labels, split), _labelled_side(x_b, labels, split)
+
+
+def _shared(seed, d_a=96, d_b=107, n_train=200, n_test=40, s=16):
+    """A shared 16-dim latent under a random rotation into each model, plus each model's own
+    power-law variance and noise. Each emotion moves the latent along its own 3 dims: a mean
+    shift (the three at 120 degrees in one plane, so no common "emotional" axis) and two of
+    spread; emotional text also moves each model along 5 private axes of its own."""
+    rng = np.random.default_rng(seed)
+    labels, split = _design(n_train, n_test)
+    emotional = labels != "neutral"
+    z = rng.standard_normal((len(labels), s))
+    basis = np.linalg.qr(rng.standard_normal((s, s)))[0].T  # orthonormal rows
+    for j, c in enumerate(EMOTIONS):
+        rows = labels == c
+        angle = 2 * np.pi * j / 3
+        shift = np.sqrt(10.0) * (np.cos(angle) * basis[0] + np.sin(angle) * basis[1])
+        spread = np.sqrt(8.0) * rng.standard_normal((rows.sum(), 2)) @ basis[2 + 2 * j : 4 + 2 * j]
+        z[rows] += shift + spread
+    sides = []
+    for d in (d_a, d_b):
+        embed = np.linalg.qr(rng.standard_normal((d, s)))[0].T  # random rotation, [s, d]
+        x = _power_law(rng, len(labels), d) + z @ embed
+        private = np.linalg.qr(rng.standard_normal((d, 5)))[0].T  # [5, d]
+        x[emotional] += np.sqrt(6.0) * rng.standard_normal((emotional.sum(), 5)) @ private
+        sides.append(_labelled_side(x + 0.05 * rng.standard_normal(x.shape), labels, split))
+    return sides
+
+
+def test_permuted_subspaces_are_the_vectors_phase_subspaces():
+    a, _ = _unrelated(0, n_train=30)
+    rows = a.labelled
+    x, labels = rows.train_rows(), rows.labels[rows.train]
+    perms = [np.arange(len(x)), np.random.default_rng(1).permutation(len(x))]
+    coef = alignment.permuted_subspaces(x, labels, perms, "neutral", EMOTIONS, 5)
+    assert coef.shape == (2, 3, 5, len(x))
+    for p, perm in enumerate(perms):
+        for j, c in enumerate(EMOTIONS):
+            diffs = vectors.difference_vectors(x, labels[perm], c, "neutral", np.ones(len(x), bool))
+            ref = vectors.pca_subspace(diffs, 5)[0]
+            v = coef[p, j] @ x
+            np.testing.assert_allclose(v @ v.T, np.eye(5), atol=1e-10)
+            for k in (1, 3, 5):
+                assert alignment.subspace_overlap(v[:k], ref[:k]) == pytest.approx(1, abs=1e-10)
+    # the identity permutation reproduces the stored (vectors-phase) subspace
+    v = coef[0, 0, :3] @ x
+    assert alignment.subspace_overlap(v, a.subspaces["anger"]) == pytest.approx(1, abs=1e-6)
+
+
+def test_label_permutations_stay_within_frames():
+    blocks = np.array(["", "", "", "f1", "f1", "f2", "f2", ""])
+    perms = alignment.label_permutations(blocks, 50, seed=2)
+    for perm in perms:
+        assert sorted(perm) == list(range(8))
+        np.testing.assert_array_equal(blocks[perm], blocks)  # a row keeps its block
+    assert len({tuple(p) for p in perms}) > 10
+    again = alignment.label_permutations(blocks, 50, seed=2)
+    assert all(np.array_equal(p, q) for p, q in zip(perms, again, strict=True))
+
+
+@pytest.mark.parametrize("method", ["procrustes", "ridge", "cca"])
+def test_null_draws_equal_the_full_computation(method):
+    """A shuffled draw is the overlap of the map refit on that pairing, computed in d_b; a
+    label draw with the identity permutation is the observed overlap."""
+    a, b = _unrelated(4, d_a=30, d_b=36, n_train=40, n_test=10)
+    config = alignment.AlignmentConfig(methods=(method,), k_max=3, r_max=12, cca_components=6)
+    n = len(a.train)
+    perms = [np.random.default_rng(5).permutation(n), np.arange(n)]
+    identity = [np.arange(len(a.labelled.train_rows()))]
+    rows = pd.DataFrame(alignment.align_pair(a, b, config, perms=perms, label_perms=identity))
+    r = alignment.common_rank(n, 30, 36, 12)
+    factor = a.ridge_factor(config.ridge_alpha)
+    reductions = (a.reduction(r), b.reduction(r))
+    refit = alignment.fit_map(method, a.train, b.train, config, perms[0], reductions, factor)
+    for c in EMOTIONS:
+        got = rows[rows.condition == c].sort_values("k")
+        mapped = refit.apply(a.subspaces[c][:3])
+        full = alignment.overlap_sweep(mapped, b.subspaces[c][:3])
+        after = got.overlap_after.to_numpy()
+        # mean of {refit on perms[0], refit on the identity pairing = the observed map}
+        np.testing.assert_allclose(got.overlap_shuffled, (full + after) / 2, atol=1e-9)
+        np.testing.assert_allclose(got.overlap_permuted, after, atol=1e-6)
+        assert (got.n_permuted_ge == 1).all()  # the identity draw ties the observed value
+
+
+def test_similarity_measures():
+    rng = np.random.default_rng(6)
+    n = 60
+    x = rng.standard_normal((n, 12)) * np.arange(1, 13) ** -0.5
+    q = np.linalg.qr(rng.standard_normal((20, 20)))[0][:12]  # [12, 20] orthonormal rows
+    y = 3.0 * x @ q + 7.0  # rotated, scaled, shifted
+    assert alignment.cka_debiased(x, y) == pytest.approx(1.0)
+    assert alignment.mutual_knn(x, y, 5) == pytest.approx(1.0)
+    # debiased CKA is the unbiased HSIC estimator (Song et al. 2012) normalised
+    z = rng.standard_normal((n, 15))
+
+    def hsic(gk, gl):
+        gk, gl = gk.copy(), gl.copy()
+        np.fill_diagonal(gk, 0)
+        np.fill_diagonal(gl, 0)
+        one = np.ones(n)
+        return (
+            np.trace(gk @ gl)
+            + (one @ gk @ one) * (one @ gl @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ gk @ gl @ one
+        ) / (n * (n - 3))
+
+    xc, zc = x - x.mean(0), z - z.mean(0)
+    gk, gl = xc @ xc.T, (zc + x[:, :1]) @ (zc + x[:, :1]).T
+    expected = hsic(gk, gl) / np.sqrt(hsic(gk, gk) * hsic(gl, gl))
+    assert alignment.cka_debiased(x, zc + x[:, :1]) == pytest.approx(expected, rel=1e-10)
+    # a draw of the null is the measure on re-paired rows
+    perms = alignment.pairing_permutations(n, 3, seed=0)
+    for measure, fn in (
+        ("cka_debiased", alignment.cka_debiased),
+        ("mutual_knn", alignment.mutual_knn),
+    ):
+        kw = {"k": 5} if measure == "mutual_knn" else {}
+        value, draws = alignment.similarity_null(measure, x, z, perms, 5)
+        assert value == pytest.approx(fn(x, z, **kw))
+        for p, draw in zip(perms, draws, strict=True):
+            assert draw == pytest.approx(fn(x, z[p], **kw))
+    with pytest.raises(ValueError, match="unknown similarity measure 'rsa'"):
+        alignment.similarity_null("rsa", x, z, perms)
+
+
+def _p(rows, null):
+    return (1 + rows[f"n_{null}_ge"]) / (1 + rows[f"n_{null}"])
+
+
+def test_unrelated_models_give_uniform_p_values():
+    """Two unrelated models (power-law spectra, random labels): the learned maps put every
+    subspace in B's high-variance axes, so the uniform random baseline is beaten by far, but
+    both nulls that go through the same map give uniform p-values. One row per replicate (its
+    method, k and emotion in turn; data and draws seeded by the replicate), so the rows are
+    independent and the KS test is exact."""
+    from scipy.stats import kstest
+
+    n_rep, p, z = 240, {"shuffled": [], "permuted": [], "similarity": []}, []
+    for rep in range(n_rep):
+        method, k = alignment.METHODS[rep % 3], (1, 3)[rep // 3 % 2]
+        condition, measure = EMOTIONS[rep // 6 % 3], alignment.SIMILARITY_MEASURES[rep % 2]
+        config = alignment.AlignmentConfig(
+            methods=(method,), k_max=3, r_max=24, n_shuffles=100, n_label_permutations=100,
+            similarity=(measure,), knn_k=5, seed=rep,
+        )  # fmt: skip
+        a, b = _unrelated(rep, n_train=40, n_test=25)
+        one = [alignment.Side(s.train, s.test, {condition: s.subspaces[condition]}, s.labelled)
+               for s in (a, b)]  # fmt: skip
+        rows = pd.DataFrame(alignment.align_pair(*one, config, null_ks=[k]))
+        row = rows[rows.k == k].iloc[0]
+        z.append((row.overlap_after - row.overlap_random_mean) / row.overlap_random_sd)
+        for null in ("shuffled", "permuted"):
+            p[null].append(_p(row, null))
+        p["similarity"].append(_p(alignment.similarity_pair(*one, config)[0], "shuffled"))
+    # the seed's baseline: "significant" although nothing is shared
+    assert np.mean(np.array(z) > 3) > 0.75
+    for name, values in p.items():
+        assert len(values) == n_rep
+        assert kstest(values, "uniform").pvalue > 0.01, name
+        assert np.mean(np.array(values) < 0.05) <= 0.08, name
+
+
+def test_a_planted_shared_subspace_is_detected():
+    """A shared latent under a random rotation plus noise: at the planted dimension (k = 3)
+    every map beats both nulls, and CKA and mutual k-NN beat their shuffled pairings."""
+    config = alignment.AlignmentConfig(k_max=3, r_max=24, n_label_permutations=200)
+    a, b = _shared(0)
+    rows = pd.DataFrame(alignment.align_pair(a, b, config, null_ks=[3]))
+    rows = rows[rows.k == 3]
+    assert set(rows.method) == {"procrustes", "ridge", "cca"} and len(rows) == 9
+    assert (rows.overlap_after > 0.5).all()
+    for null in ("shuffled", "permuted"):
+        assert (_p(rows, null) < 0.01).all(), rows[_p(rows, null) >= 0.01]
+    sim = pd.DataFrame(alignment.similarity_pair(a, b, config)).set_index("measure")
+    assert (_p(sim, "shuffled") < 0.01).all()
+    assert sim.similarity["cka_debiased"] > 0.2

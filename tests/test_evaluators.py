@@ -145,8 +145,10 @@ def test_distinct_2_and_repetition_by_hand():
     assert fluency.repetition_rate("a b c d") == 0.0
     assert fluency.repetition_rate("go go go go") == pytest.approx(0.75)
     assert fluency.distinct_n("go go go go", 2) == pytest.approx(1 / 3)
-    assert math.isnan(fluency.distinct_n("one", 2))
-    assert math.isnan(fluency.repetition_rate(""))
+    # too short to measure is the worst case, never NaN
+    assert fluency.distinct_n("one", 2) == 0.0
+    assert fluency.distinct_n("1111111111111111", 2) == 0.0  # one "word" of gibberish
+    assert fluency.repetition_rate("") == 1.0
 
 
 def test_perplexity_equals_direct_forward(tiny_model_dirs):
@@ -175,7 +177,48 @@ def test_perplexity_equals_direct_forward(tiny_model_dirs):
     one_by_one = [fluency.perplexities(bridge, [it], batch_size=1)[0] for it in items]
     np.testing.assert_allclose(got, one_by_one, rtol=1e-4)
     s = ev.score_all(ev.build_evaluators(["fluency"], bridge=bridge), items)
-    assert set(s) == {"perplexity", "repetition_rate", "distinct_2"}
+    assert set(s) == {"perplexity", "repetition_rate", "distinct_2", "empty_generation"}
+    np.testing.assert_allclose(s["perplexity"][[0, 1, 3]], got[[0, 1, 3]])
+
+
+def test_empty_generations_score_as_the_worst_case_not_nan(tiny_model_dirs):
+    """An empty continuation (no tokens after EOS truncation, or nothing visible) has
+    empty_generation 1 and the worst fluency: the run's largest perplexity (or the configured
+    cap), distinct-2 0, repetition 1."""
+    bridge = models.load_bridge(tiny_model_dirs["llama"])
+    items = [
+        Item("a b c d", prompt_ids=[1, 10, 11], tokens=[20, 21, 22, 23]),
+        Item("", prompt_ids=[1, 10, 11], tokens=[]),
+        Item("e f g", prompt_ids=[1, 30], tokens=[40, 41, 42]),
+        Item("  ", prompt_ids=[1, 30], tokens=[50]),  # decodes to whitespace only
+    ]
+    raw = fluency.perplexities(bridge, items)
+    assert math.isnan(raw[1])
+    s = ev.score_all(ev.build_evaluators(["fluency"], bridge=bridge), items)
+    assert s["empty_generation"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    for col in ("perplexity", "distinct_2", "repetition_rate"):
+        assert np.isfinite(s[col]).all(), col
+    worst = max(raw[0], raw[2])
+    assert s["perplexity"][1] == s["perplexity"][3] == pytest.approx(worst)
+    assert s["perplexity"][0] == pytest.approx(raw[0]) and s["perplexity"][2] == pytest.approx(
+        raw[2]
+    )
+    assert s["distinct_2"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert s["repetition_rate"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    # a configured cap is the worst case and caps every value
+    cap = float(min(raw[0], raw[2])) * 0.9
+    capped = ev.score_all(
+        ev.build_evaluators(
+            ["fluency"], bridge=bridge, options={"fluency": {"perplexity_cap": cap}}
+        ),
+        items,
+    )["perplexity"]
+    assert capped.tolist() == pytest.approx([cap] * 4)
+    # all empty: a uniform guess over the vocabulary
+    empty = ev.score_all(ev.build_evaluators(["fluency"], bridge=bridge), [items[1]])
+    assert empty["perplexity"].tolist() == [float(bridge.cfg.d_vocab)]
+    with pytest.raises(ev.EvaluatorError, match="options for \\['fluency'\\]"):
+        ev.build_evaluators(["sentiment"], options={"fluency": {"perplexity_cap": 9.0}})
 
 
 # ---------------------------------------------------------------- hub classifiers and registry

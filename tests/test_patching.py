@@ -2,6 +2,7 @@
 ablations, directional ablation and the per-sample tables."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO
@@ -417,6 +418,9 @@ def test_run_patching_tables(bridges, tiny_rows):
         random_seeds=1,
         subspace_k=2,
         mean_samples=4,
+        control_samples=4,
+        refit_samples=3,
+        min_denominator=0.0,  # the tiny model's leans barely differ: keep every pair
         metric_words=TINY_WORDS,
     )
     out = patching.run_text_patching(
@@ -450,13 +454,270 @@ def test_run_patching_tables(bridges, tiny_rows):
     n_members = {
         c: sum(r["label"] in (c, "neutral") for r in out["base_features"][0]) for c in conds
     }
-    n_abl = 2 + 2 * cfg.random_seeds
+    # treatments, matched direction / subspace and shuffled-label controls per seed
+    n_abl = 2 + 3 * cfg.random_seeds
     assert len(abl) == sum(n * (1 + n_abl * len(cfg.position_sets)) for n in n_members.values())
-    assert set(abl.positions) == {"none", "all", "non_emotion"}
+    assert set(abl.positions) == {"none", "all", "non_emotion", "punctuation"}
     np.testing.assert_array_equal(
         abl[abl.positions == "all"].groupby("sample_id").n_ablated_positions.min() > 0, True
     )
-    summary = patching.summarize(res, heads, ranking, abl)
-    assert "ablation" in summary
+    # the probe is refit for treatments and matched controls, on the same train samples
+    refit = abl.ablation.isin(["none", "direction", "subspace", "matched_direction"])
+    assert np.isfinite(abl.loc[refit, "probe_p_refit"]).all()
+    assert abl.loc[abl.ablation == "shuffled_mean_diff", "probe_p_refit"].isna().all()
+    assert (none.probe_p_refit == none.probe_p_refit_base).all()
+    assert info["n_refit_samples"] == 4 * cfg.refit_samples
+    assert abl.groupby("sample_id").frame_id.first().replace("", np.nan).dropna().is_unique
+    # matched controls carry the treatment's train variance, isotropic ones would not
+    ctrl = out["ablation_controls"]
+    ratio = ctrl.groupby("ablation").variance_ratio.median()
+    assert abs(ratio["matched_direction"] - 1) < 1e-6 and ratio["direction"] == 1
+    summary = patching.summarize(res, heads, ranking, abl, ctrl)
+    assert "ablation" in summary and "control_variance_ratio" in summary
     lost = patching.accuracy_lost(abl)
-    assert set(lost.ablation) == {"direction", "subspace", "random_direction", "random_subspace"}
+    assert set(lost.ablation) == {
+        "direction",
+        "subspace",
+        "matched_direction",
+        "matched_subspace",
+        "shuffled_mean_diff",
+    }
+    assert np.isfinite(lost.loc[lost.ablation == "direction", "accuracy_refit"]).all()
+    # measurements: residual and head rows per frame, directional ablation per test sample
+    m = patching.text_measurements(res, heads, abl)
+    frames = set(res.frame_id)
+    by_kind = m.groupby("unit_kind").unit.agg(set)
+    assert set(by_kind.index) == {"frame", "sample"}
+    assert by_kind["frame"] <= frames
+    assert by_kind["sample"] == set(abl.sample_id)
+    pooled = m[(m.condition == "all") & (m.arm == "treatment")]
+    assert pooled.groupby(["metric", "setting"]).unit.nunique().max() <= len(frames)
+    assert set(m.loc[m.unit_kind == "frame", "phase"]) == {"patching"}
+    assert {"ablation_probe_p_true", "ablation_probe_p_true_refit", "ablation_lean"} <= set(
+        m.metric
+    )
+    assert set(m.loc[m.unit_kind == "sample", "setting"]) == {
+        "ablation=direction k=1",
+        "ablation=subspace k=2",
+        "ablation=direction k=1 control=shuffled_mean_diff",
+    }
+
+
+# ---------------------------------------------------------------- controls from the train split
+def test_moment_rows_reproduce_the_covariance_and_the_matched_draw():
+    rng = np.random.default_rng(5)
+    n, d = 900, 24
+    x = rng.normal(size=(n, d)) @ (rng.normal(size=(d, d)) * np.exp(-np.arange(d) / 4)) + 7.0
+    xc = x - x.mean(0)
+    cov = xc.T @ xc / (n - 1)
+    rows = patching.moment_rows(cov)
+    assert rows.shape == (d + 1, d)
+    np.testing.assert_allclose(rows.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(rows.T @ rows / d, cov, atol=1e-10 * np.abs(cov).max())
+    target = np.linalg.svd(xc, full_matrices=False)[2][2] + 0.2 * rng.normal(size=d)
+    w = rand.matched_unit(rows, target, rand.rng(0, 1))
+    t = target / np.linalg.norm(target)
+    np.testing.assert_allclose((w @ cov @ w) / (t @ cov @ t), 1.0, rtol=1e-6)
+    # the same variance on the tokens themselves
+    np.testing.assert_allclose(((xc @ w) ** 2).sum() / ((xc @ t) ** 2).sum(), 1.0, rtol=1e-6)
+
+
+def test_matched_controls_carry_the_direction_variance_of_the_train_tokens(bridges, tiny_rows):
+    """The matched control of a high-variance direction carries its variance over the train
+    split's hook_resid_pre tokens (recorded independently here) within 5%; an isotropic one
+    carries far less; the mean-ablation centre is the train tokens' mean."""
+    bridge = bridges["llama"]
+    d, layers = bridge.cfg.d_model, [1, 2]
+    toks = dict(
+        zip(
+            [r["sample_id"] for r in tiny_rows],
+            tokens.tokenize(bridge.tokenizer, tiny_rows, True),
+            strict=True,
+        )
+    )
+    train = [r for r in tiny_rows if r["split"] == "train"]
+    patcher = patching.Patcher(bridge, _metric(bridge).flat_ids(), resid_layers=layers)
+    with torch.no_grad(), patcher.attached():
+        stats = patching.record_train_stats(
+            patcher, train, toks, 0, layers, "last", "mean", batch_size=5
+        )
+        acts, _ = patching.record_activations(patcher, [toks[r["sample_id"]] for r in train], 0)
+
+    def tokens_at(layer):  # the train tokens without BOS, [n_tokens, d]
+        rows = zip(acts, train, strict=True)
+        x = [a[("resid", layer)][toks[r["sample_id"]].first :].numpy() for a, r in rows]
+        return np.concatenate(x).astype(np.float64)
+
+    def var(xc, b):
+        return float(((xc @ np.atleast_2d(b).T) ** 2).sum() / (len(xc) - 1))
+
+    rng = np.random.default_rng(0)
+    directions, subspaces = {}, {}
+    for layer in layers:
+        x = tokens_at(layer)
+        np.testing.assert_allclose(stats.centre[layer], x.mean(0), atol=1e-4)
+        pcs = np.linalg.svd(x - x.mean(0), full_matrices=False)[2]
+        directions[layer] = pcs[0] + 0.5 * pcs[3] + 0.1 * rng.normal(size=d)  # high variance
+        subspaces[layer] = pcs[:4]
+    abls = patching.ablation_set(
+        directions, subspaces, layers, 2, 3, stats, "anger", "neutral", 1, 0,
+        controls=("isotropic", "shuffled_mean_diff"),
+    )  # fmt: skip
+    by = {}
+    for a in abls:
+        by.setdefault(a.name, []).append(a)
+    assert len(by["matched_direction"]) == 3 and by["matched_direction"][0].refit
+    for j, layer in enumerate(layers):
+        xc = tokens_at(layer) - tokens_at(layer).mean(0)
+        want = var(xc, by["direction"][0].bases[j])
+        for a in by["matched_direction"]:
+            assert abs(var(xc, a.bases[j]) / want - 1) < 0.05, (layer, a.seed)
+            assert abs(np.linalg.norm(a.bases[j]) - 1) < 1e-9
+        iso = np.mean([var(xc, a.bases[j]) for a in by["random_direction"]])
+        assert iso < 0.5 * want  # the control the matched one replaces
+        # seeds and layers draw different controls
+        assert (
+            abs(by["matched_direction"][0].bases[j] @ by["matched_direction"][1].bases[j].T) < 0.99
+        )
+    assert not np.allclose(by["matched_direction"][0].bases[0], by["matched_direction"][0].bases[1])
+    table = pd.DataFrame(patching.control_variances({"anger": abls}, stats, layers))
+    matched = table[table.ablation == "matched_direction"]
+    assert (abs(matched.variance_ratio - 1) < 1e-6).all()
+
+
+def test_refit_probe_loses_a_planted_direction_but_not_a_matched_one():
+    """Tigges et al. 2023: ablating the information-carrying direction defeats a probe refit
+    on ablated train features; ablating a random direction matched in variance (it lies on the
+    high-variance nuisance axes) does not."""
+    rng = np.random.default_rng(11)
+    d, n = 32, 600
+    u = np.eye(d)[5]
+    scale = np.ones(d)
+    scale[:3] = 4.0  # high-variance axes that carry no label
+    y = np.r_[np.zeros(n // 2), np.ones(n // 2)].astype(int)
+    X = rng.normal(size=(n, d)) * scale + np.outer(2 * y - 1, u) * 1.5
+    train = np.arange(n) % 2 == 0
+    centre = X[train].mean(0)
+    xc = X[train] - centre
+    cov = xc.T @ xc / (train.sum() - 1)
+
+    def ablate(basis):
+        x = torch.as_tensor(X[None], dtype=torch.float64)
+        b = torch.as_tensor(np.atleast_2d(basis)[None], dtype=torch.float64)
+        mask = torch.ones(1, n, dtype=torch.float64)
+        return patching.project_out(x, b, mask, torch.as_tensor(centre))[0].numpy()
+
+    def refit_accuracy(basis):
+        xa = ablate(basis)
+        probe = patching.Probe.fit(xa[train], y[train])
+        return ((probe.prob(xa[~train]) >= 0.5) == y[~train]).mean()
+
+    base = refit_accuracy(np.zeros(d))
+    planted = refit_accuracy(u)
+    matched = [rand.matched_unit(patching.moment_rows(cov), u, rand.rng(0, s)) for s in range(3)]
+    for w in matched:
+        assert abs((w @ cov @ w) / (u @ cov @ u) - 1) < 0.05
+    kept = [refit_accuracy(w) for w in matched]
+    assert base > 0.9
+    assert planted < 0.62  # the information is gone: the refit probe is near chance
+    assert min(kept) > base - 0.06  # a matched direction leaves it
+
+
+def test_shuffled_mean_diff_uses_the_contrast_samples_only():
+    rng = np.random.default_rng(2)
+    labels = np.array(["anger"] * 60 + ["neutral"] * 60 + ["apology"] * 60)
+    X = rng.normal(size=(180, 8))
+    X[:60, 0] += 3.0  # a real anger - neutral difference along axis 0
+    true = X[:60].mean(0) - X[60:120].mean(0)
+    g = patching.shuffled_mean_diff
+    a = g(X, labels, "anger", "neutral", "vs_neutral", rand.rng(0, 3, 0))
+    np.testing.assert_allclose(np.linalg.norm(a), 1.0)
+    assert abs(a @ true) / np.linalg.norm(true) < 0.6  # shuffled labels lose the difference
+    np.testing.assert_array_equal(
+        a, g(X, labels, "anger", "neutral", "vs_neutral", rand.rng(0, 3, 0))
+    )
+    moved = X.copy()
+    moved[120:] += 50.0  # apology samples are not in the vs_neutral contrast
+    np.testing.assert_allclose(
+        g(moved, labels, "anger", "neutral", "vs_neutral", rand.rng(0, 3, 0)), a
+    )
+    assert not np.allclose(g(moved, labels, "anger", "neutral", "probe", rand.rng(0, 3, 0)), a)
+    layered = np.stack([X, 2 * X], axis=1)  # [n, L, d]: one permutation for every layer
+    both = g(layered, labels, "anger", "neutral", "vs_neutral", rand.rng(0, 3, 0))
+    np.testing.assert_allclose(both[0], both[1])
+    with pytest.raises(patching.PatchingError, match="direction_contrast"):
+        g(X, labels, "anger", "neutral", "other", rand.rng(0))
+
+
+def test_pick_samples_takes_one_version_per_frame(tiny_rows):
+    picks = patching.pick_samples(tiny_rows, LABELS, "train", 50, np.random.default_rng(0))
+    chosen = [r for label in LABELS for r in picks[label]]
+    frames = [r["frame_id"] for r in chosen if r.get("frame_id")]
+    assert frames and len(frames) == len(set(frames))
+    assert all(r["split"] == "train" for r in chosen)
+    assert all(r["label"] == label for label in LABELS for r in picks[label])
+
+
+def test_direction_contrast_reads_its_store_variable_or_names_the_rule(tmp_path):
+    from circuitflow import store
+
+    hooks, conds, d = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], ["anger"], 4
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(2, 3, 1, d))
+    coords = {"sample": np.array(["s0"]), "label": np.array(["anger"])}
+    coords |= {"split": np.array(["train"]), "frame_id": np.array([""])}
+    ds = store.vectors_dataset(
+        hooks,
+        conds,
+        coords,
+        {
+            "direction": (["hook", "position", "condition", "d_model"], unit),
+            "subspace": (
+                ["hook", "position", "condition", "component", "d_model"],
+                rng.normal(size=(2, 3, 1, 3, d)),
+            ),
+        },
+        {},
+    )
+    store.write_dataset(tmp_path / "v.zarr", ds)
+    directions, subspaces = patching.read_vectors(tmp_path / "v.zarr", conds, [1, 5], "mean", 2)
+    np.testing.assert_allclose(directions["anger"][1], unit[1, 2, 0], rtol=1e-6)
+    assert subspaces["anger"][1].shape == (2, d) and 5 not in directions["anger"]
+    with pytest.raises(patching.PatchingError) as err:
+        patching.read_vectors(tmp_path / "v.zarr", conds, [1], "mean", 2, "vs_others")
+    msg = str(err.value)
+    assert "\n" not in msg and "'direction_vs_others'" in msg and "rule directions" in msg
+
+
+def test_patch_config_checks_the_new_keys():
+    with pytest.raises(ValueError, match="patching.direction_contrast"):
+        patching.PatchConfig(direction_contrast="vs_all")
+    with pytest.raises(ValueError, match="patching.refit_samples"):
+        patching.PatchConfig(control_samples=4, refit_samples=5)
+    with pytest.raises(ValueError, match="patching.ablation_controls"):
+        patching.PatchConfig(ablation_controls=("gaussian",))
+    assert "punctuation" in patching.PatchConfig().position_sets
+
+
+def test_head_and_residual_units_are_frames():
+    """Two conditions of one frame are one unit: the pooled head rows average them."""
+    rows = []
+    for frame, conds in (("f1", ("anger", "apology")), ("f2", ("anger",))):
+        for c in conds:
+            rows.append(
+                {
+                    "frame_id": frame, "sample_id": f"{frame}.{c}", "clean_id": f"{frame}.{c}",
+                    "condition": c, "layer": 1, "head": 0, "hook": "blocks.1.attn.hook_z",
+                    "recovery": 0.5, "zero_effect": 0.1, "mean_effect": 0.2,
+                    "small_denominator": False, "direction": "clean_to_corrupted",
+                    "position": "last",
+                }
+            )  # fmt: skip
+    table = pd.DataFrame(rows)
+    for m in (patching.head_measurements(table), patching.residual_measurements(table)):
+        assert set(m.unit) == {"f1", "f2"} and set(m.unit_kind) == {"frame"}
+    heads = patching.head_measurements(table)
+    pooled = heads[(heads.condition == "all") & (heads.arm == "treatment")]
+    assert (
+        pooled.groupby("metric").unit.apply(list).map(sorted).tolist() == [["f1", "f1", "f2"]] * 3
+    )

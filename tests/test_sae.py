@@ -6,10 +6,11 @@ import re
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from circuitflow import models, sae
+from circuitflow import models, sae, stats
 from circuitflow.core import tokens
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.workflow import config_schema, schema_defaults
@@ -390,6 +391,8 @@ def test_ce_loss_recovered_identity_and_zero(tiny_llama):
     assert perfect.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
     assert perfect.n_prompts == len(ids)
     assert perfect.n_predictions == sum(len(t) - 1 for t in ids)
+    assert perfect.delta_ce == pytest.approx(0.0, abs=1e-6)
+    assert "per_prompt" not in perfect.as_dict() and "delta_ce" in perfect.as_dict()
 
     zero = sae.SAE(
         W_enc=identity.W_enc,
@@ -401,6 +404,42 @@ def test_ce_loss_recovered_identity_and_zero(tiny_llama):
     dead = sae.ce_loss_recovered(bridge, ids, hook, zero.reconstruct, batch_size=7)
     assert dead.ce_loss_recovered == pytest.approx(0.0, abs=1e-4)
     assert dead.ce_loss_clean == pytest.approx(perfect.ce_loss_clean, rel=1e-5)  # batching-free
+    assert dead.delta_ce == pytest.approx(dead.ce_loss_zero - dead.ce_loss_clean, rel=1e-6)
+
+
+def test_delta_ce_per_prompt_rows_through_the_engine(tiny_llama):
+    """Per-prompt losses weight back to the token-weighted ones; the paired rows' mean
+    difference is the prompt-averaged Delta CE, tested by prompt."""
+    bridge, ids = tiny_llama
+    d = bridge.cfg.d_model
+    rng = torch.Generator().manual_seed(0)
+    noisy = sae.SAE(
+        W_enc=torch.eye(d),
+        b_enc=torch.zeros(d),
+        W_dec=torch.eye(d) + 0.3 * torch.randn(d, d, generator=rng),
+        b_dec=torch.zeros(d),
+        cfg=_config(d, "standard", expansion_factor=1),
+    )
+    res = sae.ce_loss_recovered(bridge, ids, "blocks.1.hook_resid_post", noisy.reconstruct)
+    n_pred = np.array([len(t) - 1 for t in ids])
+    for mode, total in (("clean", res.ce_loss_clean), ("sae", res.ce_loss_sae)):
+        weighted = (res.per_prompt[mode] * n_pred).sum() / n_pred.sum()
+        assert weighted == pytest.approx(total, rel=1e-6)
+    assert res.delta_ce == pytest.approx(res.ce_loss_sae - res.ce_loss_clean)
+    assert abs(res.delta_ce) > 1e-4  # the noisy decoder changes the loss
+    metrics = {"dataset": "e", "model": "m", "hook": "blocks.1.hook_resid_post",
+               "architecture": "standard"}  # fmt: skip
+    prompt_ids = [f"p{i}" for i in range(len(ids))]
+    m = sae.ce_measurements(res, prompt_ids, metrics)
+    rows, skipped = stats.effect_rows(stats.validate_measurements(m), seed=0, n_resamples=100)
+    (r,) = rows
+    diff = res.per_prompt["sae"] - res.per_prompt["clean"]
+    assert r["metric"] == "ce_loss" and r["test"] == "ttest_rel by prompt"
+    assert r["mean_treatment"] - r["mean_baseline"] == pytest.approx(diff.mean())
+    assert r["estimate"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+    assert r["setting"] == "architecture=standard" and r["layer"] == 1
+    with pytest.raises(sae.SAEError, match="prompt ids for"):
+        sae.ce_measurements(res, prompt_ids[:-1], metrics)
 
 
 def test_ce_loss_clean_matches_hf(tiny_llama, tiny_model_dirs):
@@ -489,6 +528,51 @@ def test_per_sample_max():
     torch.testing.assert_close(got, torch.tensor([[0.0, 0.5], [3.0, 2.0], [0.0, 0.0]]))
 
 
+def test_sample_max_activations_in_chunks(trained, synthetic):
+    model = trained["topk"]
+    x = synthetic[0][:300]
+    index = np.sort(np.random.default_rng(0).integers(0, 40, len(x)))
+    want = sae.per_sample_max(model.encode(x), index, 40).numpy()
+    np.testing.assert_array_equal(sae.sample_max_activations(model, x, index, 40, chunk=7), want)
+
+
+def test_features_are_chosen_on_train_samples_only():
+    """The choice sees only the samples it is given; a feature silent on train (2) is not
+    live and is not a hypothesis."""
+    labels = ["anger"] * 3 + ["neutral"] * 3 + ["apology"] * 3
+    train = np.array([[0.1, 3.0, 0], [0.2, 2.5, 0], [0.3, 2.8, 0],
+                      [0.2, 0.1, 0], [0.1, 0.2, 0], [0.3, 0.0, 0],
+                      [0.0, 0.0, 0], [0.0, 0.0, 0], [0.0, 0.0, 0]])  # fmt: skip
+    chosen, n_live = sae.select_features(
+        train, labels, ["anger", "neutral", "apology"], "neutral", 1
+    )
+    assert list(zip(chosen.condition, chosen.feature, strict=True)) == [
+        ("anger", 1),
+        ("apology", 0),
+    ]
+    # apology never fires: feature 0 (always above it on neutral) beats feature 1 (a tie)
+    assert chosen.auroc_select.tolist() == [1.0, 0.0]
+    assert n_live == 4  # features 0 and 1 for each of the two conditions
+    aurocs = sae.label_aurocs(train, labels, ["anger", "neutral", "apology"], "neutral")
+    assert set(aurocs) == {"anger", "apology"} and aurocs["anger"][0] == pytest.approx(0.5)
+    table = pd.DataFrame(
+        {"feature": [0, 1, 0, 1], "label": ["anger", "anger", "neutral", "neutral"]}
+    )
+    annotated = sae.annotate_selection(table, aurocs, chosen)
+    assert annotated.selected.tolist() == [False, True, False, False]
+    assert annotated.auroc_train.iloc[1] == 1.0 and np.isnan(annotated.auroc_train.iloc[2])
+    test = train[::-1].copy()  # other values for the same sample ids
+    metrics = {"dataset": "e", "model": "m", "hook": "blocks.2.hook_resid_post",
+               "architecture": "topk"}  # fmt: skip
+    ids = [f"s{i}" for i in range(9)]
+    m = sae.feature_measurements(chosen, test, ids, labels, "neutral", metrics, n_family_part=4)
+    anger = m[(m.condition == "anger")]
+    assert anger[anger.arm == "treatment"].value.tolist() == test[:3, 1].tolist()
+    assert anger[anger.arm == "baseline"].unit.tolist() == ["s3", "s4", "s5"]
+    assert set(m.design) == {"rank"} and set(m.unit_kind) == {"sample"}
+    assert set(m.family_part) == {"blocks.2.hook_resid_post/topk"} and set(m.n_family_part) == {4}
+
+
 # ---------------------------------------------------------------- the rule, end to end
 @pytest.mark.slow
 def test_train_sae_rule_on_a_tiny_model(tmp_path, tiny_model_dirs):
@@ -538,7 +622,13 @@ def test_train_sae_rule_on_a_tiny_model(tmp_path, tiny_model_dirs):
     proc = run(str(out.relative_to(tmp_path)))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir() if p.name not in store.NOT_CONTENT) == sorted(
-        [sae.WEIGHTS_FILE, sae.CFG_FILE, sae.METRICS_FILE, sae.FEATURES_FILE, store.SUMMARIES_FILE]
+        [
+            sae.WEIGHTS_FILE,
+            sae.CFG_FILE,
+            sae.METRICS_FILE,
+            sae.FEATURES_FILE,
+            store.MEASUREMENTS_FILE,
+        ]
     )
     assert store.verify(out) == []
     manifest = store.read_manifest(out)
@@ -551,9 +641,17 @@ def test_train_sae_rule_on_a_tiny_model(tmp_path, tiny_model_dirs):
     metrics = json.loads((out / sae.METRICS_FILE).read_text())
     assert metrics["held_out"]["l0"] <= 4
     assert metrics["ce_loss"]["n_prompts"] == 10
+    ce = metrics["ce_loss"]
+    assert ce["delta_ce"] == pytest.approx(ce["ce_loss_sae"] - ce["ce_loss_clean"])
     table = pd.read_csv(out / sae.FEATURES_FILE, keep_default_na=False)
     assert len(table) == 128 * 4
     assert set(table.label) == {"gratitude", "anger", "apology", "neutral"}
+    assert table.selected.astype(str).eq("True").sum() <= 3 * 5
+    m = stats.validate_measurements(pd.read_csv(out / store.MEASUREMENTS_FILE))
+    assert set(m.metric) == {"feature_max_activation", "ce_loss"}
+    assert len(m[m.metric == "ce_loss"]) == 2 * 10
+    rows, _ = stats.effect_rows(m, seed=0, n_resamples=100)
+    assert {r["design"] for r in rows if r["metric"] == "feature_max_activation"} == {"rank"}
 
     missing = "results/sae/tiny/tiny/blocks.0.hook_resid_post/standard"
     proc = run(missing)

@@ -26,9 +26,10 @@ def _enum(*path):
 
 
 def _config_classes():
-    from circuitflow import alignment, patching, sae, steering
+    from circuitflow import alignment, patching, sae, steering, vectors
 
     return [
+        (vectors.SpecificityConfig, ("vectors",), "specificity_"),
         (extract.ExtractConfig, ("extract",)),
         (sae.SAETrainConfig, ("sae",)),
         (alignment.AlignmentConfig, ("alignment",)),
@@ -65,7 +66,7 @@ def test_a_config_dataclass_takes_the_schema_defaults_and_copies_mappings():
     assert a.metric_words == b.metric_words and a.metric_words is not b.metric_words
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(9))
 def test_dataclass_defaults_are_the_schema_defaults(index):
     cls, section, *prefix = _config_classes()[index]
     defaults = schema_defaults(*section)
@@ -81,7 +82,7 @@ def test_dataclass_defaults_are_the_schema_defaults(index):
 
 
 def test_choice_lists_are_one_constant_each():
-    from circuitflow import alignment, evaluators, patching, sae, steering
+    from circuitflow import alignment, evaluators, patching, sae, steering, vectors
     from circuitflow.datasets import MANIFEST_LAYOUTS
     from circuitflow.models import readout
     from circuitflow.vectors import GRADED
@@ -113,6 +114,11 @@ def test_choice_lists_are_one_constant_each():
             store.POSITIONS,
         ),
         "steering.position": (_enum("steering", "position"), steering.DIRECTION_POSITIONS),
+        "vectors.specificity_probe": (_enum("vectors", "specificity_probe"), vectors.PROBES),
+        "steering.direction_contrast": (
+            _enum("steering", "direction_contrast"),
+            steering.DIRECTION_CONTRASTS,
+        ),
         "steering.evaluators": (_enum("steering", "evaluators"), evaluators.NAMES),
         "vision.attributes": (_enum("vision", "attributes"), GRADED),
         "vision.readouts": (_enum("vision", "readouts"), readout.READOUTS),

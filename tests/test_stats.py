@@ -175,19 +175,29 @@ def test_crawford_howell_closed_form():
         stats.compare_single_case(1.0, 0.0, 0.0, 5)
 
 
-def test_auroc_test_matches_mann_whitney_without_ties():
+def test_compare_rank_is_scipy_mannwhitneyu_with_and_without_ties():
     rng = np.random.default_rng(1)
-    x, y = rng.normal(0.7, 1, 15), rng.normal(0, 1, 20)
-    u = sps.mannwhitneyu(x, y, method="asymptotic", use_continuity=False)
-    auc = u.statistic / (15 * 20)
-    r = stats.auroc_test(auc, 15, 20)
-    assert r["p"] == pytest.approx(u.pvalue, rel=1e-10)
-    assert r["estimate"] == pytest.approx(auc)
+    x, y = np.round(rng.normal(0.7, 1, 15), 1), np.round(rng.normal(0, 1, 20), 1)  # ties
+    r = stats.compare_rank(x, y)
+    u = sps.mannwhitneyu(x, y, alternative="two-sided")  # method "auto"
+    assert r["test"] == "mannwhitneyu_asymptotic" and r["statistic"] == u.statistic
+    assert r["p"] == pytest.approx(u.pvalue, rel=1e-12)
+    assert r["estimate"] == pytest.approx(u.statistic / 300) == r["auroc"]
+    from sklearn.metrics import roc_auc_score
+
+    assert r["estimate"] == pytest.approx(roc_auc_score(np.r_[[1] * 15, [0] * 20], np.r_[x, y]))
+    small = stats.compare_rank([3.1, 2.5, 4.0, 3.3], [1.0, 2.0, 0.5, 1.6, 0.1])  # no ties, n <= 8
+    exact = sps.mannwhitneyu([3.1, 2.5, 4.0, 3.3], [1.0, 2.0, 0.5, 1.6, 0.1], method="exact")
+    assert small["test"] == "mannwhitneyu_exact" and small["p"] == pytest.approx(exact.pvalue)
+    assert small["estimate"] == 1.0 and small["p"] == pytest.approx(2 / math.comb(9, 4))
     # Hanley & McNeil SE at A = 0.5, n = 15/20: sqrt((0.25 + 14(1/3 - 1/4) + 19(1/3 - 1/4)) / 300)
-    mid = stats.auroc_test(0.5, 15, 20)
     se = math.sqrt((0.25 + 14 / 12 + 19 / 12) / 300)
-    assert mid["ci_high"] - 0.5 == pytest.approx(1.959964 * se, rel=1e-5)
-    assert mid["p"] == 1.0
+    assert stats.hanley_mcneil_se(0.5, 15, 20) == pytest.approx(se)
+    assert r["ci_high"] - r["estimate"] == pytest.approx(
+        1.959964 * stats.hanley_mcneil_se(r["estimate"], 15, 20), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="every value of both arms is the same"):
+        stats.compare_rank([0.0, 0.0, 0.0], [0.0, 0.0])
 
 
 # ---------------------------------------------------------------- multiple comparisons
@@ -232,6 +242,39 @@ def test_declared_family_size_pads_with_ones():
 def test_family_name():
     assert stats.family_name("vectors", "m", "proj", "emotion") == "vectors/emotion/m/proj"
     assert stats.family_name("vectors", "m", "proj") == "vectors/m/proj"
+    name = stats.family_name("vectors", "m", "proj", "emotion", "vs_baseline")
+    assert name == "vectors/emotion/m/proj/vs_baseline"
+
+
+def _permutation_summary(comparison, n_ge, condition, **extra):
+    """A permutation summary with p = (1 + n_ge) / 100."""
+    return {"phase": "steering", "dataset": "e", "model": "m", "layer": 3, "site": "s",
+            "position": "p", "condition": condition, "setting": "", "metric": "score",
+            "comparison": comparison, "design": "permutation", "value": 1.0,
+            "n_reference": 99, "n_reference_ge": n_ge, "reference_mean": 0.0,
+            "reference_sd": 1.0, **extra}  # fmt: skip
+
+
+def test_bh_family_splits_by_comparison():
+    """Four trivial vs_random_control wins (p = 0.01) no longer loosen BH for vs_baseline."""
+    rows = [_permutation_summary("vs_baseline", n, f"c{i}") for i, n in enumerate([0, 1, 2, 19])]
+    rows += [_permutation_summary("vs_random_control", 0, f"c{i}") for i in range(4)]
+    out, skipped = stats.summary_rows(stats.validate_summaries(pd.DataFrame(rows)))
+    assert skipped == []
+    table = stats.finalize(out)
+    base = table[table.comparison == "vs_baseline"].sort_values("p")
+    np.testing.assert_allclose(base["p"], [0.01, 0.02, 0.03, 0.2])
+    # BH within the 4 vs_baseline rows: 0.01*4/1, 0.02*4/2, 0.03*4/3 -> 0.04; 0.2
+    np.testing.assert_allclose(base["p_fdr_bh"], [0.04, 0.04, 0.04, 0.2])
+    # pooled with the 4 control rows it was 0.01*8/5, 0.02*8/6, 0.03*8/7, 0.2
+    pooled = multipletests([0.01, 0.02, 0.03, 0.2, 0.01, 0.01, 0.01, 0.01], method="fdr_bh")[1]
+    np.testing.assert_allclose(pooled[:4], [0.016, 0.02 * 8 / 6, 0.03 * 8 / 7, 0.2])
+    assert (table["n_family"] == 4).all()
+    np.testing.assert_allclose(table[table.comparison == "vs_random_control"].p_fdr_bh, 0.01)
+    assert set(table.family) == {
+        "steering/e/m/score/vs_baseline",
+        "steering/e/m/score/vs_random_control",
+    }
 
 
 # ---------------------------------------------------------------- power
@@ -321,6 +364,25 @@ def test_power_table_per_family():
     assert np.isnan(a["power_observed"]) and "single observation" in a["note"]
 
 
+def test_power_counts_untested_rows_and_converts_rank_aurocs():
+    untested = _effect_row(layer=3, test="none", estimate=np.nan, statistic=np.nan, p=1.0,
+                           note="2 units < min_n 3")  # fmt: skip
+    rank = _effect_row(phase="sae", family="sae/e/m/f/vs_baseline", design="rank",
+                       test="mannwhitneyu_asymptotic by sample", effect_size="auroc",
+                       estimate=0.8, n_treatment=30, n_baseline=40)  # fmt: skip
+    table = stats.finalize([_effect_row(layer=1, estimate=0.4), untested, rank])
+    power = stats.power_table(table).set_index("family")
+    s = power.loc["steering/emotion/m/vader_compound"]
+    assert s["n_tests"] == 2 and s["effect_observed"] == pytest.approx(0.4)
+    assert s["comparison"] == "vs_baseline"
+    r = power.loc["sae/e/m/f/vs_baseline"]
+    d = stats.auroc_to_d(0.8)
+    assert r["effect_observed"] == pytest.approx(d) and r["n_unit"] == "per group"
+    assert r["power_observed"] == pytest.approx(stats.power_independent(d, 30, 40))
+    only = stats.power_table(stats.finalize([untested]))
+    assert only["note"].iloc[0] == "no comparison of the family could be tested"
+
+
 # ---------------------------------------------------------------- tidy table
 def test_finalize_columns_order_and_correction():
     rows = [
@@ -375,10 +437,13 @@ def test_required_columns():
         "layer",
         "sd_treatment",
         "sd_baseline",
+        "estimate",
         "ci_low",
         "ci_high",
+        "statistic",
         "df",
         "auroc",
+        "note",
     }
 
 
@@ -401,8 +466,12 @@ def test_separation_measurements_through_the_engine():
         dataset="emotion", model="m",
     )  # fmt: skip
     rows, skipped = stats.effect_rows(stats.validate_measurements(m), seed=0, n_resamples=300)
-    assert len(rows) == 2 * 2 * 2 - 2 and len(skipped) == 2  # no variation: left out
+    assert len(rows) == 2 * 2 * 2 and len(skipped) == 2  # no variation: untested rows, p = 1
     by = {(r["layer"], r["position"], r["condition"]): r for r in rows}
+    for condition in conditions:
+        r = by[(0, "last", condition)]
+        assert r["test"] == "none" and r["p"] == 1 and np.isnan(r["estimate"])
+        assert "no variation" in r["note"]
     for key in [(0, "mean"), (3, "last"), (3, "mean")]:
         planted, null = by[(*key, "anger")], by[(*key, "gratitude")]
         assert planted["estimate"] > 2 and planted["p"] < 1e-6
@@ -413,9 +482,9 @@ def test_separation_measurements_through_the_engine():
     base = proj[1, 1, 0][(split == "test") & (labels == "neutral")]
     assert r["estimate"] == pytest.approx(stats.hedges_g(treat, base))
     assert r["comparison"] == "vs_baseline" and r["effect_size"] == "hedges_g"
-    assert r["family"] == "vectors/emotion/m/projection_on_mean_diff"
-    table = stats.finalize(rows)
-    np.testing.assert_allclose(table["p_bonferroni"], np.minimum(table["p"] * 6, 1.0))
+    assert r["family"] == "vectors/emotion/m/projection_on_mean_diff/vs_baseline"
+    table = stats.finalize(rows)  # the 2 untested rows count: 8 hypotheses
+    np.testing.assert_allclose(table["p_bonferroni"], np.minimum(table["p"] * 8, 1.0))
 
 
 # ---------------------------------------------------------------- adapters: patching
@@ -458,7 +527,7 @@ def test_patching_residual_adapter():
     y = 1 - np.array([0.9, 0.7, 0.8]) / 2
     assert r["p"] == pytest.approx(sps.ttest_1samp(y, 1.0).pvalue, rel=1e-10)
     assert r["estimate"] < 0 and r["site"] == "hook_resid_pre" and r["layer"] == 2
-    assert r["family"] == "patching/emotion/m/recovery_corrupted_to_clean"
+    assert r["family"] == "patching/emotion/m/recovery_corrupted_to_clean/vs_baseline"
 
 
 def test_patching_head_adapter_pools_conditions():
@@ -470,6 +539,7 @@ def test_patching_head_adapter_pools_conditions():
         rows.append(
             {
                 "dataset": "emotion", "model": "m", "condition": cond, "clean_id": f"s{i}",
+                "frame_id": f"f{i}",
                 "layer": 1, "head": 3, "hook": "blocks.1.attn.hook_z", "recovery": rec,
                 "zero_effect": zero, "mean_effect": zero / 2, "small_denominator": False,
             }
@@ -507,8 +577,8 @@ def test_directional_ablation_adapter_random_seeds_averaged():
         for ablation, k, seed, p in (
             ("none", 0, -1, base_p),
             ("direction", 1, -1, 0.5 + rng.normal(0, 0.05)),
-            ("random_direction", 1, 0, base_p + rng.normal(0, 0.05)),
-            ("random_direction", 1, 1, base_p + rng.normal(0, 0.05)),
+            ("matched_direction", 1, 0, base_p + rng.normal(0, 0.05)),
+            ("matched_direction", 1, 1, base_p + rng.normal(0, 0.05)),
         ):
             rows.append(
                 {
@@ -533,7 +603,7 @@ def test_directional_ablation_adapter_random_seeds_averaged():
     true_p = {sid: (lambda p, c=(label == "anger"): p if c else 1 - p) for sid, label in samples}
     treat = [true_p[s](t.loc[(s, "direction", -1), "probe_p"]) for s, _ in samples]
     ctrl = [
-        np.mean([true_p[s](t.loc[(s, "random_direction", seed), "probe_p"]) for seed in (0, 1)])
+        np.mean([true_p[s](t.loc[(s, "matched_direction", seed), "probe_p"]) for seed in (0, 1)])
         for s, _ in samples
     ]
     assert r["n_treatment"] == 6 and r["design"] == "paired"
@@ -601,11 +671,16 @@ def test_effect_rows_independent_when_units_differ_and_skips_small_groups():
     )  # fmt: skip
     m = stats.validate_measurements(m)
     out, skipped = stats.effect_rows(m, seed=0, n_resamples=200, min_n=3)
-    assert len(out) == 1 and out[0]["design"] == "independent"
+    assert len(out) == 2 and out[0]["design"] == "independent"
     t, b = [1.0, 2.0, 3.0, 2.5], [0.0, 0.5, 1.0, 0.2, 0.1]
     assert out[0]["estimate"] == pytest.approx(stats.hedges_g(t, b))
     assert out[0]["p"] == pytest.approx(sps.ttest_ind(t, b, equal_var=False).pvalue)
-    assert len(skipped) == 1 and "vs_random_control: 2 units < 3" in skipped[0]
+    assert out[0]["test"] == "welch_t" and out[0]["note"] == ""
+    assert len(skipped) == 1 and "vs_random_control: 2 units < min_n 3" in skipped[0]
+    small = out[1]
+    assert small["comparison"] == "vs_random_control" and small["test"] == "none"
+    assert small["p"] == 1.0 and small["note"] == "2 units < min_n 3"
+    assert (small["n_treatment"], small["n_baseline"], small["mean_baseline"]) == (4, 2, 5.5)
 
 
 def test_validate_measurements_errors_name_the_problem():
@@ -618,110 +693,261 @@ def test_validate_measurements_errors_name_the_problem():
     with pytest.raises(stats.StatsError, match="'value' has empty"):
         stats.validate_measurements(pd.DataFrame([{**good, "value": np.nan}]), "f.csv")
     ok = stats.validate_measurements(pd.DataFrame([good]))
-    assert list(ok.columns) == stats.MEASUREMENT_COLUMNS and ok["setting"].iloc[0] == ""
+    assert list(ok.columns) == [*stats.MEASUREMENT_COLUMNS, *stats.MEASUREMENT_OPTIONAL]
+    assert ok["setting"].iloc[0] == "" and ok["unit_kind"].iloc[0] == ""
+    with pytest.raises(stats.StatsError) as err:
+        stats.validate_measurements(pd.DataFrame([{**good, "unit_kind": "pixel"}]), "f.csv")
+    assert str(err.value) == (
+        "f.csv: unit_kind 'pixel' is not one of ['prompt', 'frame', 'photo', 'sample'] (or empty)"
+    )
+    two = pd.DataFrame(
+        [{**good, "unit_kind": "frame"}, {**good, "unit": "v", "unit_kind": "prompt"}]
+    )
+    with pytest.raises(stats.StatsError) as err:
+        stats.validate_measurements(two, "f.csv")
+    assert str(err.value) == (
+        "f.csv: column 'unit_kind' varies within the group p/d/m/c/x (frame, prompt); write "
+        "one value per group, or tell the groups apart in 'setting'"
+    )
+    with pytest.raises(stats.StatsError, match="design 'ranks' is not one of"):
+        stats.validate_measurements(pd.DataFrame([{**good, "design": "ranks"}]), "f.csv")
 
 
 # ---------------------------------------------------------------- adapters: alignment, SAE
 def test_alignment_summaries_through_the_engine():
     base = {"dataset": "emotion", "model_a": "a", "model_b": "b", "site": "hook_resid_post",
-            "position": "mean", "condition": "anger", "overlap_random_mean": 0.01,
-            "overlap_random_sd": 0.005, "overlap_shuffled": 0.05, "overlap_shuffled_sd": 0.02,
-            "n_random": 50, "n_shuffles": 3}  # fmt: skip
+            "position": "mean", "condition": "anger", "measure": "subspace_overlap",
+            "overlap_shuffled": 0.05, "overlap_shuffled_sd": 0.02, "n_shuffled": 199,
+            "n_shuffled_ge": 3, "overlap_permuted": 0.2, "overlap_permuted_sd": 0.05,
+            "n_permuted": 99, "n_permuted_ge": 9}  # fmt: skip
     table = pd.DataFrame(
         [
             {**base, "layer_a": 2, "layer_b": 1, "matched_depth": True, "method": "procrustes",
-             "k": 1, "overlap_before": 0.1, "overlap_after": 0.6},
-            {**base, "layer_a": 2, "layer_b": 1, "matched_depth": True, "method": "none",
-             "k": 1, "overlap_before": 0.1, "overlap_after": 0.1},
+             "k": 1, "overlap_after": 0.6},
             {**base, "layer_a": 2, "layer_b": 1, "matched_depth": True, "method": "procrustes",
-             "k": 2, "overlap_before": 0.1, "overlap_after": 0.5},
+             "k": 2, "overlap_after": 0.5},
             {**base, "layer_a": 0, "layer_b": 1, "matched_depth": False, "method": "procrustes",
-             "k": 1, "overlap_before": 0.1, "overlap_after": 0.6},
+             "k": 1, "overlap_after": 0.6},
         ]
     )  # fmt: skip
-    summaries = alignment.alignment_summaries(table, n_random=50, n_shuffles=3, ks=[1])
+    summaries = alignment.alignment_summaries(table, ks=[1])
     rows, skipped = stats.summary_rows(stats.validate_summaries(summaries))
     assert skipped == []
-    by = {(r["metric"], r["comparison"], r["setting"]): r for r in rows}
-    assert set(by) == {
-        ("overlap_after", "vs_random_control", "method=procrustes k=1 layer_b=1"),
-        ("overlap_after", "vs_shuffled", "method=procrustes k=1 layer_b=1"),
-        ("overlap_before", "vs_random_control", "method=none k=1 layer_b=1"),
-    }
-    r = by[("overlap_after", "vs_random_control", "method=procrustes k=1 layer_b=1")]
-    assert r["estimate"] == pytest.approx((0.6 - 0.01) / 0.005)
-    assert r["statistic"] == pytest.approx((0.6 - 0.01) / (0.005 * math.sqrt(51 / 50)))
-    assert r["df"] == 49 and r["model"] == "a__b" and r["layer"] == 2
-    s = by[("overlap_after", "vs_shuffled", "method=procrustes k=1 layer_b=1")]
-    assert s["n_baseline"] == 3 and s["df"] == 2
-    assert s["family"] == "alignment/emotion/a__b/overlap_after"
+    by = {r["comparison"]: r for r in rows}
+    assert set(by) == {"vs_shuffled_pairs", "vs_permuted_labels"}
+    s, q = by["vs_shuffled_pairs"], by["vs_permuted_labels"]
+    assert s["p"] == pytest.approx(4 / 200) and q["p"] == pytest.approx(10 / 100)
+    assert q["estimate"] == pytest.approx((0.6 - 0.2) / 0.05) and q["design"] == "permutation"
+    assert s["model"] == "a__b" and s["layer"] == 2 and s["setting"].startswith("method=")
+    assert s["family"] == "alignment/emotion/a__b/overlap_after/vs_shuffled_pairs"
+    assert q["family"] != s["family"]  # each null is its own family
 
 
-def test_sae_summaries_keep_top_features_and_count_every_live_one():
-    feats = []
-    aurocs = {0: 0.95, 1: 0.55, 2: 0.10, 3: 0.5}  # feature 3 is dead in both groups
-    for f, a in aurocs.items():
-        for label in ("anger", "neutral"):
-            feats.append(
-                {
-                    "feature": f, "label": label, "n_samples": 20,
-                    "mean_max_activation": 0.0 if f == 3 else 1.0 + (label == "anger"),
-                    "auroc_vs_baseline": a if label == "anger" else np.nan,
-                    "sample_fire_rate": 0.0 if f == 3 else 0.5,
-                }
-            )  # fmt: skip
+def test_sae_features_chosen_on_train_and_tested_on_test_with_mannwhitneyu():
+    """Feature 0 separates anger on train only, feature 1 on test only: the choice (top 1)
+    takes feature 0, and its test on the test samples is scipy's Mann-Whitney U."""
+    rng = np.random.default_rng(3)
+    n = 12  # per label per split
+    labels = ["anger"] * n + ["neutral"] * n
+    train = np.zeros((2 * n, 4))
+    train[:n, 0] = 2 + rng.random(n)  # anger fires high on train
+    train[n:, 0] = rng.random(n)
+    train[:, 1] = rng.random(2 * n)
+    train[:, 2] = np.where(rng.random(2 * n) < 0.5, 0.0, 1.0)  # ties, no separation
+    # feature 3: dead on train
+    test = rng.random((2 * n, 4))
+    test[:n, 1] += 5  # would win on test
+    test[:, 0] = np.round(test[:, 0], 1)  # ties on the test values
+    chosen, n_live = sae.select_features(train, labels, ["anger", "neutral"], "neutral", top_n=1)
+    assert list(chosen.feature) == [0] and n_live == 3  # features 0, 1, 2 are live on train
+    assert chosen.auroc_select.iloc[0] == 1.0
     metrics = {"dataset": "emotion", "model": "m", "hook": "blocks.4.hook_resid_post",
                "architecture": "topk"}  # fmt: skip
-    summaries = sae.feature_summaries(pd.DataFrame(feats), metrics, "neutral", top_n=2)
-    rows, skipped = stats.summary_rows(stats.validate_summaries(summaries))
-    assert skipped == []
-    assert [r["setting"] for r in rows] == [
-        "architecture=topk feature=0",
-        "architecture=topk feature=2",
-    ]
-    assert all(r["n_family"] == 3 for r in rows)  # features 0, 1, 2 are live
-    r = rows[0]
-    z = (0.95 - 0.5) * 400 / math.sqrt(400 * 41 / 12)
-    assert r["statistic"] == pytest.approx(z) and r["p"] == pytest.approx(2 * sps.norm.sf(z))
-    assert r["layer"] == 4 and r["site"] == "hook_resid_post" and r["mean_baseline"] == 1.0
+    ids = [f"t{i}" for i in range(2 * n)]
+    m = sae.feature_measurements(chosen, test, ids, labels, "neutral", metrics, n_family_part=3)
+    rows, skipped = stats.effect_rows(stats.validate_measurements(m), seed=0, n_resamples=100)
+    assert skipped == [] and len(rows) == 1
+    (r,) = rows
+    u = sps.mannwhitneyu(test[:n, 0], test[n:, 0], alternative="two-sided")
+    assert r["design"] == "rank" and r["test"] == "mannwhitneyu_asymptotic by sample"
+    assert r["statistic"] == u.statistic and r["p"] == pytest.approx(u.pvalue, rel=1e-12)
+    assert r["estimate"] == pytest.approx(u.statistic / n**2) and r["n_family"] == 3
+    assert r["setting"] == "architecture=topk feature=0" and r["layer"] == 4
+    assert r["site"] == "hook_resid_post" and r["metric"] == "feature_max_activation"
     table = stats.finalize(rows)
     assert table["p_bonferroni"].iloc[0] == pytest.approx(min(1.0, 3 * r["p"]))
 
 
+def test_skipped_comparisons_stay_as_rows_with_p_one_and_count():
+    def group(condition, treat, note=""):
+        return [
+            {"phase": "steering", "dataset": "d", "model": "m", "layer": 2, "site": "s",
+             "position": "p", "condition": condition, "metric": "x", "arm": arm, "unit": f"u{i}",
+             "value": v, "note": note}
+            for arm, values in (("treatment", treat), ("baseline", [0.0] * len(treat)))
+            for i, v in enumerate(values)
+        ]  # fmt: skip
+
+    m = pd.DataFrame(
+        group("a", [1.0, 2.0, 4.0, 3.5])
+        + group("b", [1.0] * 4, note="fluency outside band")  # every difference the same
+        + group("c", [0.5, 1.5, 0.7, 0.2])
+    )
+    rows, skipped = stats.effect_rows(stats.validate_measurements(m), seed=0, n_resamples=200)
+    assert len(rows) == 3 and len(skipped) == 1 and "every paired difference" in skipped[0]
+    table = stats.finalize(rows).set_index("condition")
+    b = table.loc["b"]
+    assert b.test == "none" and np.isnan(b.estimate) and np.isnan(b.statistic)
+    assert b.p == b.p_bonferroni == b.p_fdr_bh == 1.0
+    assert b.note.startswith("every paired difference is the same")
+    assert b.note.endswith("; fluency outside band") and b.n_treatment == 4
+    assert (table.n_family == 3).all()  # the untested row counts
+    p = [sps.ttest_rel([1.0, 2.0, 4.0, 3.5], [0] * 4).pvalue,
+         sps.ttest_rel([0.5, 1.5, 0.7, 0.2], [0] * 4).pvalue]  # fmt: skip
+    np.testing.assert_allclose(
+        table.loc[["a", "c"], "p_bonferroni"], np.minimum(np.array(p) * 3, 1)
+    )
+    np.testing.assert_allclose(
+        table.loc[["a", "c"], "p_fdr_bh"], multipletests([*p, 1.0], method="fdr_bh")[1][:2]
+    )
+    assert table.loc["a", "note"] == "" and table.loc["a", "test"] == "ttest_rel"
+    # a summary whose test cannot run stays too, with what is known of its arms
+    bad = _permutation_summary("vs_baseline", 0, "a", note="flagged")
+    bad.update(design="single_case", reference_sd=0.0, n_reference=50)
+    out, skipped = stats.summary_rows(stats.validate_summaries(pd.DataFrame([bad])))
+    (r,) = out
+    assert r["test"] == "none" and r["p"] == 1.0 and r["effect_size"] == "z_cc"
+    assert r["note"].startswith("single-case test needs") and r["note"].endswith("; flagged")
+    assert r["mean_treatment"] == 1.0 and r["n_baseline"] == 50 and len(skipped) == 1
+    stats.finalize(out)  # valid
+
+
+def test_unit_kind_is_named_in_test():
+    def rows(arm, units, values, kind):
+        return [{"phase": "vision", "dataset": "d", "model": "m", "site": "s", "position": "p",
+                 "condition": "exposure", "setting": kind, "metric": "x", "arm": arm, "unit": u,
+                 "value": v, "unit_kind": kind} for u, v in zip(units, values, strict=True)]  # fmt: skip
+
+    m = pd.DataFrame(
+        rows("treatment", ["f1", "f2", "f3"], [1.0, 2.0, 2.5], "frame")
+        + rows("baseline", ["f1", "f2", "f3"], [0.1, 0.5, 1.5], "frame")
+        + rows("treatment", ["a", "b", "c"], [1.0, 2.0, 2.5], "photo")
+        + rows("baseline", ["d", "e", "f"], [0.1, 0.5, 1.5], "photo")
+    )
+    out, _ = stats.effect_rows(stats.validate_measurements(m), seed=0, n_resamples=100)
+    assert {r["setting"]: r["test"] for r in out} == {
+        "frame": "ttest_rel by frame",
+        "photo": "welch_t by photo",
+    }
+    assert stats.finalize(out)["test"].str.contains(" by ").all()
+
+
 # ---------------------------------------------------------------- k selection
-def test_k_selection_picks_the_largest_excess_with_bootstrap_ci():
-    key = {"dataset": "e", "model_a": "a", "model_b": "b", "layer_a": 1, "layer_b": 2,
-           "site": "hook_resid_post", "position": "mean", "condition": "anger",
-           "method": "procrustes"}  # fmt: skip
-    overlap = {1: 0.30, 2: 0.55, 3: 0.50}  # excess over random: 0.29, 0.53, 0.47 -> k = 2
-    rand = {1: 0.01, 2: 0.02, 3: 0.03}
+_K_KEY = {"dataset": "e", "model_a": "a", "model_b": "b", "layer_a": 1, "layer_b": 2,
+          "site": "hook_resid_post", "position": "mean", "condition": "anger",
+          "method": "procrustes"}  # fmt: skip
+
+
+def _k_inputs(overlap, rand, replicate_overlaps, random_sd=0.01):
     table = pd.DataFrame(
-        [{**key, "k": k, "overlap_after": overlap[k], "overlap_random_mean": rand[k],
-          "overlap_random_sd": 0.01} for k in (1, 2, 3)]
+        [{**_K_KEY, "k": k, "overlap_after": overlap[k], "overlap_random_mean": rand[k],
+          "overlap_random_sd": random_sd} for k in overlap]
     )  # fmt: skip
-    rows = []
-    for b in range(10):  # replicates 0-6 peak at k = 2, 7-8 at k = 3, 9 at k = 1 (below random)
-        peak = 2 if b < 7 else (3 if b < 9 else 1)
-        for k in (1, 2, 3):
-            value = 0.6 if k == peak else 0.2
-            if b == 9 and k == 2:
-                value = 0.0  # not above its random mean
-            rows.append({**key, "replicate": b, "k": k, "overlap_after": value,
-                         "overlap_random_mean": rand[k]})  # fmt: skip
-    out = stats.k_selection(table, pd.DataFrame(rows), n_random=50)
+    boot = pd.DataFrame(
+        [{**_K_KEY, "replicate": b, "k": k, "overlap_after": v, "overlap_random_mean": rand[k],
+          "overlap_random_sd": random_sd}
+         for b, values in enumerate(replicate_overlaps) for k, v in zip(overlap, values, strict=True)]
+    )  # fmt: skip
+    return table, boot
+
+
+def test_k_is_chosen_on_replicates_disjoint_from_its_test():
+    """Replicates 0-4 (the choice) peak at k = 3; at k = 3 replicates 5-9 (the test) are at the
+    random level. Choosing and testing on the same replicates passes; the disjoint test not."""
+    rand = {1: 0.01, 2: 0.02, 3: 0.03}
+    overlap = {1: 0.2, 2: 0.3, 3: 0.6}  # the full-sample table also favours k = 3
+    reps = [[0.2, 0.3, 0.6 + 0.01 * b] for b in range(5)]  # choice: k = 3 every time
+    reps += [[0.2, 0.3, 0.03 + 0.002 * (b - 2)] for b in range(5)]  # test: k = 3 is random
+    table, boot = _k_inputs(overlap, rand, reps)
+    sel_text = stats.LAYER_SELECTION["best"]
+    out = stats.k_selection(table, boot, n_random=50, select_fraction=0.5, selection=sel_text)
     assert list(out.columns) == stats.K_SELECTION_COLUMNS
-    assert list(out.selected) == [False, True, False]
     sel = out[out.selected].iloc[0]
-    assert sel.k_selected == 2 and sel.k_stability == pytest.approx(0.7)
-    assert (sel.k_ci_low, sel.k_ci_high) == (1, 3)
-    t = (0.55 - 0.02) / (0.01 * math.sqrt(51 / 50))
-    assert sel.statistic == pytest.approx(t) and sel.df == 49
-    assert sel.p_vs_random == pytest.approx(2 * sps.t.sf(t, 49))
-    assert sel.p_boot == pytest.approx((1 + 1) / 11)  # replicate 9 is not above random
-    k2 = [0.6] * 7 + [0.2, 0.2, 0.0]
-    assert sel.overlap_boot_mean == pytest.approx(np.mean(k2))
-    assert sel.overlap_ci_low == pytest.approx(np.quantile(k2, 0.025))
+    assert sel.k_selected == 3 and (sel.n_select, sel.n_test, sel.n_bootstrap) == (5, 5, 10)
+    held = np.array([r[2] for r in reps[5:]])
+    assert sel.overlap_test == pytest.approx(held.mean())
+    assert sel.p_unadjusted == pytest.approx(0.5) and sel.n_k == 3  # 0.03 vs random 0.03
+    assert sel.p_vs_random == 1.0  # min(1, 3 x 0.5)
+    assert sel.p_boot == pytest.approx((1 + 3) / (1 + 5))  # 3 of 5 not above 0.03
+    assert sel.p_fdr_bh > 0.05 and sel.k_stability == 0.0  # held-out replicates peak at k = 2
+    assert "replicates 0-4" in sel.test and "replicates 5-9" in sel.test
+    assert sel.selection == sel_text and "not disjoint" in sel.selection
+    same = stats.compare_single_case(np.mean([r[2] for r in reps[:5]]), 0.03, 0.01, 50)
+    assert 3 * same["p"] < 1e-6  # what choosing and testing on replicates 0-4 would report
     assert out[~out.selected].p_vs_random.isna().all()
+
+
+def test_k_selection_held_out_test_and_bootstrap_ci():
+    rand = {1: 0.01, 2: 0.02, 3: 0.03}
+    overlap = {1: 0.30, 2: 0.55, 3: 0.50}
+    peaks = [2, 2, 3, 2, 2, 2, 2, 3, 2, 1]  # replicate -> the k where it peaks
+    reps = [[0.6 if k == peak else 0.2 for k in (1, 2, 3)] for peak in peaks]
+    reps[9][1] = 0.0  # replicate 9 is not above random at k = 2
+    table, boot = _k_inputs(overlap, rand, reps)
+    out = stats.k_selection(table, boot, n_random=50, select_fraction=0.4)
+    sel = out[out.selected].iloc[0]
+    assert list(out.selected) == [False, True, False] and sel.k_selected == 2
+    assert (sel.n_select, sel.n_test) == (4, 6)
+    assert sel.k_stability == pytest.approx(4 / 6)  # replicates 4-9 peak at 2, 2, 2, 3, 2, 1
+    assert (sel.k_ci_low, sel.k_ci_high) == (1, 3)
+    held = np.array([r[1] for r in reps[4:]])
+    t = (held.mean() - 0.02) / (0.01 * math.sqrt(51 / 50))
+    assert sel.statistic == pytest.approx(t) and sel.df == 49
+    assert sel.p_unadjusted == pytest.approx(sps.t.sf(t, 49))  # one-sided: above random
+    assert sel.p_vs_random == pytest.approx(min(1.0, 3 * sps.t.sf(t, 49)))
+    assert sel.p_boot == pytest.approx((1 + 1) / (1 + 6))
+    k2 = [r[1] for r in reps]
+    assert sel.overlap_boot_mean == pytest.approx(np.mean(k2)) and sel.overlap == 0.55
+    assert sel.overlap_ci_low == pytest.approx(np.quantile(k2, 0.025))
+
+
+def test_k_selection_null_rejects_at_most_alpha():
+    """Null alignments (every overlap a random draw): picking the best of 5 k inflates the
+    rejections, on the same overlaps or on held-out replicates of the same samples; the
+    Bonferroni bound over k (p_vs_random) keeps them at or below alpha."""
+    rng = np.random.default_rng(0)
+    n, ks, reps = 300, (1, 2, 3, 4, 5), 10
+    tables, boots = [], []
+    for i in range(n):
+        key = {**_K_KEY, "condition": f"c{i:03d}"}
+        full = {k: 0.01 * k + rng.normal(0, 0.01) for k in ks}
+        tables += [{**key, "k": k, "overlap_after": full[k], "overlap_random_mean": 0.01 * k,
+                    "overlap_random_sd": 0.01} for k in ks]  # fmt: skip
+        boots += [{**key, "replicate": b, "k": k, "overlap_after": full[k] + rng.normal(0, 0.01),
+                   "overlap_random_mean": 0.01 * k, "overlap_random_sd": 0.01}
+                  for b in range(reps) for k in ks]  # fmt: skip
+    out = stats.k_selection(pd.DataFrame(tables), pd.DataFrame(boots), 50, select_fraction=0.5)
+    sel = out[out.selected]
+    assert len(sel) == n and (sel.n_k == 5).all()
+    assert (sel.p_unadjusted < 0.05).mean() > 0.1  # the choice's bias survives the split
+    assert (sel.p_vs_random < 0.05).mean() <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / n)
+
+
+def test_choose_k_ties_and_split():
+    excess = pd.DataFrame([[0.25, 0.5], [0.75, 0.5], [0.25, 0.25]], columns=[1, 2])
+    k, best = stats.choose_k(excess)  # argmax per replicate (a tie -> the first k)
+    assert list(best) == [2, 1, 1] and k == 1
+    k, _ = stats.choose_k(excess.iloc[:2])  # one win each, mean excess 0.5 each -> smaller k
+    assert k == 1
+    k, _ = stats.choose_k(pd.DataFrame([[0.1, 0.5], [0.6, 0.55]], columns=[1, 2]))
+    assert k == 2  # one win each; k = 2 has the larger mean excess
+    a, b = stats.split_replicates([3, 1, 2, 0], 0.5)
+    assert list(a) == [0, 1] and list(b) == [2, 3]
+    a, b = stats.split_replicates([0, 1, 2], 0.01)
+    assert list(a) == [0] and list(b) == [1, 2]  # each part keeps one
+    with pytest.raises(ValueError, match=r"^stats.k_select_fraction: 1.0 must lie"):
+        stats.split_replicates([0, 1], 1.0)
+    assert set(stats.LAYER_SELECTION) == set(alignment.BOOTSTRAP_PAIRS)
 
 
 # ---------------------------------------------------------------- permutation design

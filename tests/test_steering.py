@@ -279,8 +279,15 @@ def test_build_configs_names_scales_and_controls():
     )
     units = {c: _unit(d, i) for i, c in enumerate(["gratitude", "anger"])}
     comps = {c: np.stack([_unit(d, 10 + i), _unit(d, 20 + i)]) for i, c in enumerate(units)}
+    x = np.random.default_rng(5).standard_normal((50, d)) * np.linspace(0.5, 3.0, d)
     configs = steering.build_configs(
-        params, [1, 2], {1: units, 2: units}, {1: comps, 2: comps}, {1: 10.0, 2: 20.0}, d
+        params,
+        [1, 2],
+        {1: units, 2: units},
+        {1: comps, 2: comps},
+        {1: 10.0, 2: 20.0},
+        d,
+        control_x={1: x, 2: x},
     )
     assert configs[0].direction == "none" and not configs[0].steered
     per_layer_alpha = 2 + 2 * 2 + 2  # conditions + pc{0,1} x conditions + random seeds
@@ -296,11 +303,121 @@ def test_build_configs_names_scales_and_controls():
         assert c.control == c.direction.startswith("random:")
         assert (c.seed is not None) == c.control
     r = {(c.layer, c.direction): c.unit for c in configs if c.control}
-    assert np.allclose(r[(1, "random:0")], random_unit(d, 0, 0, 1))
+    again, _ = steering.matched_controls(x, units, (0,), 1)  # seeded per seed x layer
+    np.testing.assert_array_equal(r[(1, "random:0")], again[0])
     assert not np.allclose(r[(1, "random:0")], r[(1, "random:7")])
     assert not np.allclose(r[(1, "random:0")], r[(2, "random:0")])
+    with pytest.raises(steering.SteeringError, match=r"random_seeds.*layer 1.*random_seeds: \[\]"):
+        steering.build_configs(params, [1], {1: units}, {1: comps}, {1: 10.0}, d)
     pc = next(c for c in configs if c.direction == "pc1:anger")
     assert pc.condition == "anger" and np.allclose(pc.unit, comps["anger"][1])
+
+
+def _anisotropic(n=400, d=32, seed=0):
+    """Activations whose variance falls off over the axes (a few high-variance directions)."""
+    g = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(g.standard_normal((d, d)))
+    return (g.standard_normal((n, d)) * np.geomspace(10.0, 0.01, d)) @ q.T + 3.0
+
+
+def test_matched_control_has_the_steering_norm_and_the_directions_variance():
+    """The random control of a layer carries the projected variance of the layer's
+    median-variance emotion direction (within 5%) at the steering vector's norm, where an
+    isotropic direction carries far less (so the check has power)."""
+    d = 32
+    x = _anisotropic(d=d)
+    top = np.linalg.svd(x - x.mean(0), full_matrices=False)[2]
+    dirs = {  # directions on high-variance axes, as emotion directions are
+        "gratitude": top[0] + 0.3 * top[5],
+        "anger": top[1] + 0.5 * top[3],
+        "apology": top[2] + 0.2 * top[9],
+    }
+    dirs = {c: u / np.linalg.norm(u) for c, u in dirs.items()}
+    variance = {c: steering.projected_variance(x, u) for c, u in dirs.items()}
+    target = sorted(variance, key=variance.get)[1]
+    params = steering.SteeringParams(
+        layers=(3,), alphas_relative=(0.25,), alphas_raw=(), components=(), random_seeds=(0, 1, 2)
+    )
+    norm = 40.0
+    configs = steering.build_configs(params, [3], {3: dirs}, {}, {3: norm}, d, 0, {3: x})
+    controls = [c for c in configs if c.control]
+    emotion = [c for c in configs if c.steered and not c.control]
+    assert len(controls) == 3 and len(emotion) == 3
+    for c in controls:
+        assert np.linalg.norm(c.vector()) == pytest.approx(0.25 * norm)
+        assert np.linalg.norm(c.vector()) == pytest.approx(np.linalg.norm(emotion[0].vector()))
+        got = steering.projected_variance(x, c.unit)
+        assert got == pytest.approx(variance[target], rel=0.05), c.direction
+        assert abs(c.unit @ dirs[target]) < 0.9  # a random direction, not the target itself
+    iso = np.mean([steering.projected_variance(x, random_unit(d, 0, s, 3)) for s in range(3)])
+    assert iso < 0.2 * variance[target]
+    _, info = steering.matched_controls(x, dirs, (0, 1, 2), 3)
+    assert info["target"] == target
+    assert {c.direction for c in controls} == {"random:0", "random:1", "random:2"}
+
+
+def _band_samples(ppl_anger=8.0, ppl_random=2.2, empty_apology=0):
+    """Constructed samples.csv: 6 prompts; unsteered perplexity 2.0; the anger configuration
+    at ppl_anger, gratitude at 2.5, apology with ``empty_apology`` empty generations."""
+    rows = []
+    for i in range(6):
+        common = {"dataset": "emotion", "model": "m", "prompt_id": f"p{i}", "frame_id": ""}
+        common |= {"alpha_mode": "relative", "distinct_2": 1.0, "vader_compound": 0.1 * i}
+        rows.append({**common, "direction": "none", "layer": np.nan, "alpha": 0.0,
+                     "condition": np.nan, "control": False, "perplexity": 2.0 + 0.01 * i,
+                     "empty_generation": 0.0})  # fmt: skip
+        for cond, ppl in (("gratitude", 2.5), ("anger", ppl_anger), ("apology", 2.1)):
+            empty = float(cond == "apology" and i < empty_apology)
+            rows.append({**common, "direction": cond, "layer": 6, "alpha": 0.25,
+                         "condition": cond, "control": False, "perplexity": ppl + 0.01 * i,
+                         "empty_generation": empty, "marker_" + cond: 1.0})  # fmt: skip
+        for seed in (0, 1):
+            rows.append({**common, "direction": f"random:{seed}", "layer": 6, "alpha": 0.25,
+                         "condition": np.nan, "control": True, "perplexity": ppl_random,
+                         "empty_generation": 0.0, "seed": seed})  # fmt: skip
+    return pd.DataFrame(rows).fillna({"marker_gratitude": 0.0, "marker_anger": 0.0,
+                                      "marker_apology": 0.0})  # fmt: skip
+
+
+def test_note_marks_a_configuration_outside_the_fluency_band():
+    band = steering.FluencyBand(max_perplexity_ratio=3.0, max_empty_rate=0.25,
+                                min_distinct_2_ratio=0.5)  # fmt: skip
+    m = steering.sample_measurements(_band_samples(empty_apology=3), ["vader_compound"], band)
+    assert {"unit_kind", "note"} <= set(m.columns)
+    assert set(m["unit_kind"]) == {"prompt"}
+    note = m.groupby("condition")["note"].agg(set).to_dict()
+    assert note["gratitude"] == {""}  # ppl x1.25: inside
+    assert note["anger"] == {"fluency outside band (ppl x4.0)"}  # 8.025 / 2.025
+    assert note["apology"] == {"fluency outside band (empty 50%)"}  # 3 of 6 empty
+    # every arm and metric of a configuration carries its note (group-constant)
+    anger = m[m["condition"] == "anger"]
+    assert set(anger["arm"]) == {"treatment", "baseline", "control"}
+    assert set(m["metric"]) == {"vader_compound", *steering.FLUENCY_METRICS}
+    # a control that breaks the text flags the comparison too
+    m2 = steering.sample_measurements(_band_samples(ppl_random=30.0), ["vader_compound"], band)
+    g = m2[m2["condition"] == "gratitude"]["note"].unique().tolist()
+    assert g == ["control fluency outside band (ppl x14.8)"]  # 30 / 2.025
+    # and a wider band lets the anger configuration in
+    wide = steering.FluencyBand(5.0, 0.25, 0.5)
+    m3 = steering.sample_measurements(_band_samples(), ["vader_compound"], wide)
+    assert set(m3[m3["condition"] == "anger"]["note"]) == {""}
+    table = steering.fluency_table(_band_samples(), band).set_index("direction")
+    assert table.loc["anger", "perplexity_ratio"] == pytest.approx(8.025 / 2.025)
+    assert table.loc["none", "note"] == ""
+
+
+def test_units_are_frames_when_several_prompts_share_a_frame():
+    s = _band_samples()
+    assert steering.prompt_units(s)[1] == "prompt"
+    frames = {"p0": "f1", "p1": "f1", "p2": "f2"}
+    s["frame_id"] = s["prompt_id"].map(frames).fillna("")
+    units, kind = steering.prompt_units(s)
+    assert kind == "frame"
+    assert dict(zip(s["prompt_id"], units, strict=True)) == {
+        "p0": "f1", "p1": "f1", "p2": "f2", "p3": "p3", "p4": "p4", "p5": "p5"
+    }  # fmt: skip
+    m = steering.sample_measurements(s, ["vader_compound"])
+    assert set(m["unit_kind"]) == {"frame"} and "f1" in set(m["unit"])
 
 
 def test_params_errors_name_the_key():
@@ -355,6 +472,7 @@ def test_sweep_table_end_to_end(tiny_model_dirs, tiny_rows, tmp_path):
         coords,
         {
             "direction": ([*dims, "d_model"], np.stack(units)),
+            "direction_vs_others": ([*dims, "d_model"], -np.stack(units)),
             "subspace": ([*dims, "component", "d_model"], np.stack(subspaces)),
         },
         attrs={},
@@ -400,8 +518,25 @@ def test_sweep_table_end_to_end(tiny_model_dirs, tiny_rows, tmp_path):
     np.testing.assert_allclose(rel.resid_norm, norm)
     for col in ("vader_compound", "nrc_joy", "polite_gratitude", "perplexity", "distinct_2"):
         assert col in table.columns
-    ok = table.n_tokens > 0
-    assert np.isfinite(table.perplexity[ok]).all() and (table.perplexity[ok] > 1).all()
+    for col in ("perplexity", "distinct_2", "repetition_rate", "empty_generation"):
+        assert np.isfinite(table[col]).all(), col  # never NaN, empty generations included
+    assert (table.perplexity > 1).all()
+    np.testing.assert_array_equal(table.empty_generation, (table.n_tokens == 0).astype(float))
+    assert "frame_id" in table.columns
+    # the controls carry the variance the layer's median emotion direction carries
+    var = summary["controls"]["per_layer"]["1"]
+    target = sorted(var[c] for c in conditions)[1]
+    for seed in (0, 1):
+        assert var[f"random:{seed}"] == pytest.approx(target, rel=0.05)
+    m = steering.sample_measurements(table, ["vader_compound"])
+    assert set(m["unit_kind"]) == {"prompt"} and "note" in m
+    assert set(m["metric"]) == {"vader_compound", "perplexity", "distinct_2", "empty_generation"}
+    # direction_contrast picks the vectors-store variable; a missing one names it and the rule
+    dirs, _, _ = steering.load_directions(vec_path, acts, [1], conditions, "last", (), "vs_others")
+    plain, _, _ = steering.load_directions(vec_path, acts, [1], conditions, "last")
+    np.testing.assert_allclose(dirs[1]["anger"], -plain[1]["anger"])
+    with pytest.raises(steering.SteeringError, match=r"no variable 'direction_probe'.*directions"):
+        steering.load_directions(vec_path, acts, [1], conditions, "last", (), "probe")
     assert table.layer.dtype == pd.Int64Dtype() and table.seed.dtype == pd.Int64Dtype()
     csv = tmp_path / "samples.csv"
     table.to_csv(csv, index=False)
@@ -423,9 +558,11 @@ def test_vlm_description_steering_zero_alpha_changes_nothing(tmp_path):
         ImagePair(f"p{k}.poor", f"p{k}", "exposure", (-1.0) ** k, 2 * k, 2 * k + 1) for k in (0, 1)
     ]
     cfg = steering.VisionSteerConfig(alphas_relative=(0.0, 40.0), random_seeds=(0,))
+    x = {tower[0]: _anisotropic(n=40, d=32)}
     rows = steering.run_descriptions(
-        vm, images, pairs, {(tower[0], "exposure"): _unit(32)}, tower, {tower[0]: 1.0}, cfg, 4
-    )
+        vm, images, pairs, {(tower[0], "exposure"): _unit(32)}, tower, {tower[0]: 1.0}, cfg, 4,
+        control_x=x,
+    )  # fmt: skip
     assert len(rows) == 2 * 2 * 2  # alphas x (attribute, random) x pairs
     zero = [r for r in rows if r["alpha"] == 0.0]
     assert all(r["tokens_steered"] == r["tokens_unsteered"] for r in zero)
@@ -433,3 +570,4 @@ def test_vlm_description_steering_zero_alpha_changes_nothing(tmp_path):
     assert any(r["description_changed"] > 0 for r in rows if r["alpha"] > 0)
     m = steering.description_measurement_rows(rows, "d", "tiny-llava", "mean")
     assert {r["arm"] for r in m} == {"treatment", "control", "baseline"}
+    assert {r["unit"] for r in m} == {"p0", "p1"} and {r["unit_kind"] for r in m} == {"photo"}

@@ -126,6 +126,12 @@ def test_direction_patch_recovers_exactly_what_lies_along_the_direction():
     assert abs(control["recovery"]) < 1.0
 
 
+def _control_x(hooks, d=D, n=40, seed=3):
+    """Train-split pooled activations per hook for the matched controls: anisotropic."""
+    g = np.random.default_rng(seed)
+    return {h: g.standard_normal((n, d)) * np.geomspace(4.0, 0.2, d) for h in hooks}
+
+
 def test_zero_alpha_steering_reproduces_the_unsteered_readout():
     vm = _vm(linear=False)
     cfg = sv.VisionSteerConfig(layers=(0,), alphas_relative=(0.0,), random_seeds=(0,))
@@ -139,6 +145,7 @@ def test_zero_alpha_steering_reproduces_the_unsteered_readout():
         ["blocks.0.hook_out"],
         {"blocks.0.hook_out": 5.0},
         cfg,
+        control_x=_control_x(["blocks.0.hook_out"]),
     )
     assert len(rows) == 2 * 2  # pairs x (attribute + one random direction)
     for r in rows:
@@ -162,6 +169,7 @@ def test_planted_direction_steers_the_readout_in_the_planted_sign():
         ["blocks.0.hook_out"],
         {"blocks.0.hook_out": norm},
         cfg,
+        control_x=_control_x(["blocks.0.hook_out"]),
     )
     treated = [r for r in rows if r["arm"] == "treatment"]
     for r in treated:
@@ -173,6 +181,31 @@ def test_planted_direction_steers_the_readout_in_the_planted_sign():
     m = sv.image_measurement_rows(rows, "d", "tiny-cnn", "mean")
     assert {r["arm"] for r in m} == {"treatment", "control", "baseline"}
     assert all(r["metric"] == "readout_shift" and r["phase"] == "steering" for r in m)
+    assert {r["unit"] for r in m} == {"p0", "p1"} and {r["unit_kind"] for r in m} == {"photo"}
+    with pytest.raises(sv.VisionSteeringError, match="random_seeds.*control_x"):
+        sv.run_steering(vm, _images(), _pairs(2), readout, {("blocks.0.hook_out", "exposure"):
+                        planted}, ["blocks.0.hook_out"], {"blocks.0.hook_out": norm}, cfg)  # fmt: skip
+
+
+def test_vision_controls_match_the_attribute_directions_variance_and_photos_are_units():
+    hooks = ["blocks.0.hook_out", "blocks.1.hook_out"]
+    x = _control_x(hooks)
+    dirs = {(h, a): np.eye(D)[i] for h in hooks for i, a in enumerate(["exposure", "tone"])}
+    controls = sv.vision_controls(x, dirs, (0, 1), hooks)
+    assert len(controls) == 2 * 2 * 2
+    for (hook, attribute, _seed), u in controls.items():
+        want = sv.projected_variance(x[hook], dirs[hook, attribute])
+        assert sv.projected_variance(x[hook], u) == pytest.approx(want, rel=0.05)
+        assert np.linalg.norm(u) == pytest.approx(1.0)
+    assert not np.allclose(controls[hooks[0], "exposure", 0], controls[hooks[0], "exposure", 1])
+    # two variants (low, high) of one photo are one unit
+    rows = [
+        {"layer": 0, "site": "hook_out", "attribute": "exposure", "alpha": 0.5, "readout": "r",
+         "arm": arm, "unit": f"p0.{lvl}", "source": "p0", "readout_shift": 1.0}
+        for arm in ("treatment", "control") for lvl in ("low", "high")
+    ]  # fmt: skip
+    m = sv.image_measurement_rows(rows, "d", "tiny-cnn", "mean")
+    assert {r["unit"] for r in m} == {"p0"} and len(m) == 6
 
 
 def test_readout_weights_reproduce_the_probe_on_raw_features():
@@ -334,6 +367,7 @@ def test_full_patch_of_the_final_hook_recovers_the_clip_readout_exactly(tiny_cli
         {first: 1.0},
         scfg,
         clip=clip,
+        control_x=_control_x([first], d=32),
     )
     assert {r["readout_kind"] for r in srows} == {"clip_prompts"}
     assert all(r["readout_shift"] == pytest.approx(0.0, abs=1e-12) for r in srows)
@@ -380,3 +414,26 @@ def test_clip_readout_config_errors_are_one_line_naming_the_key():
             make()
         message = str(err.value)
         assert message.startswith(key) and "\n" not in message, message
+
+
+def test_patching_measurements_are_per_source_photo():
+    """Both poor variants of a photo (the dataset's frame_id) are one unit: unit = the
+    source photo, unit_kind photo."""
+    vm = _vm(linear=False)
+    # photo p0: variants at -1 and +1 (images 0, 1), original image 2; photo p1: 3, 4 -> 5
+    pairs = [
+        ro.ImagePair(f"p{k}.{s}", f"p{k}", "exposure", float(lv), 3 * k + s, 3 * k + 2)
+        for k in range(2)
+        for s, lv in ((0, -1.0), (1, 1.0))
+    ]
+    cfg = pv.VisionPatchConfig(
+        attributes=("exposure",), modes=("full",), random_seeds=2, min_gap=0.0
+    )
+    hooks = vm.hook_names()[:2]
+    rows = pv.run_image_patching(vm, _images(6), pairs, _readout(), {}, hooks, cfg)
+    m = pv.image_measurement_rows(rows, "d", "tiny-cnn", "mean", "blocks.2.hook_out")
+    assert {r["unit"] for r in m} == {"p0", "p1"}
+    assert {r["unit_kind"] for r in m} == {"photo"}
+    treated = [r for r in m if r["arm"] == "treatment" and r["layer"] == 0]
+    assert sorted(r["unit"] for r in treated) == ["p0", "p0", "p1", "p1"]
+    assert len([r for r in m if r["arm"] == "control" and r["layer"] == 0]) == 2 * 4

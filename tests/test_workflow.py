@@ -83,7 +83,9 @@ def test_effect_sizes_table(first_run):
     every_phase = pd.read_csv(work / TARGET)
     assert list(every_phase.columns) == stats.EFFECT_COLUMNS
     assert {"vectors", "patching", "steering", "alignment", "sae"} <= set(every_phase.phase)
-    table = every_phase[every_phase.phase == "vectors"]
+    vectors = every_phase[every_phase.phase == "vectors"]
+    assert {"specificity_projection", "specificity_projection_selected"} <= set(vectors.metric)
+    table = vectors[vectors.metric == "projection_on_mean_diff"]
     assert set(table.model) == {"tiny-llama", "tiny-gemma3"}
     assert set(table.condition) == {"gratitude", "anger", "apology"}
     assert set(table.site) == {"hook_resid_pre", "hook_resid_post"}

@@ -1,6 +1,7 @@
 """patch_model: frames + model + vectors + activations -> results/patching/{dataset}/{model}/.
 
 residual.csv, heads.csv, heads_ranking.csv, directional_ablation.csv (per-sample rows),
+ablation_controls.csv (variance each ablated basis carries over the train tokens),
 measurements.csv (the same, per unit, for effect_sizes), metric_tokens.json and
 manifest.json (kind "patching", key figures under "summary").
 """
@@ -22,23 +23,6 @@ from circuitflow.core.layers import resolve_layers
 from circuitflow.workflow import run_logged
 
 
-def vectors_inputs(path, conditions, layers, position, k):
-    """Direction and subspace per condition and layer at blocks.{layer}.hook_resid_pre."""
-    ds = store.open_dataset(path)
-    hooks = set(ds["hook"].values.tolist())
-    directions, subspaces = {}, {}
-    for c in conditions:
-        directions[c], subspaces[c] = {}, {}
-        for layer in layers:
-            hook = store.hook_name(layer, patching.RESID_SITE)
-            if hook not in hooks:
-                continue
-            sel = {"hook": hook, "position": position, "condition": c}
-            directions[c][layer] = ds["direction"].sel(sel).values.astype(np.float64)
-            subspaces[c][layer] = ds["subspace"].sel(sel).values[:k].astype(np.float64)
-    return directions, subspaces
-
-
 def probe_inputs(path, conditions, baseline, n_layers, position):
     """Train-split final-layer features (activation store) per condition vs baseline."""
     hook = store.hook_name(n_layers - 1, "hook_resid_post")
@@ -56,14 +40,20 @@ def main(smk):
     out = Path(smk.output[0])
     rows = store.read_samples(smk.input.dataset)
     settings = dict(p.patching)
-    settings["position_sets"] = tuple(settings["position_sets"])
+    for key in ("position_sets", "ablation_controls"):
+        settings[key] = tuple(settings[key])
     cfg = patching.PatchConfig(seed=p.seed, **settings)
     bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
     L = bridge.cfg.n_layers
     conditions = [label for label in p.labels if label != p.baseline]
     abl_layers = resolve_layers(cfg.ablation_layers, L, "patching.ablation_layers", p.model)
-    directions, subspaces = vectors_inputs(
-        smk.input.vectors, conditions, abl_layers, cfg.direction_position, cfg.subspace_k
+    directions, subspaces = patching.read_vectors(
+        smk.input.vectors,
+        conditions,
+        abl_layers,
+        cfg.direction_position,
+        cfg.subspace_k,
+        cfg.direction_contrast,
     )
     probe_data, store_feats, coords = probe_inputs(
         smk.input.activations, conditions, p.baseline, L, cfg.probe_position
@@ -89,7 +79,7 @@ def main(smk):
         np.abs(feats - ref).max() / max(np.abs(ref).max(), 1e-12)
     )
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("residual", "heads", "heads_ranking", "directional_ablation"):
+    for name in ("residual", "heads", "heads_ranking", "directional_ablation", "ablation_controls"):
         table = result[name]
         table.insert(0, "model", p.model)
         table.insert(0, "dataset", p.dataset)
@@ -105,7 +95,11 @@ def main(smk):
     metric = result["metric"].to_json(p.model, cfg.metric_words)
     (out / "metric_tokens.json").write_text(json.dumps(metric, indent=2) + "\n")
     summary = patching.summarize(
-        result["residual"], result["heads"], result["heads_ranking"], result["directional_ablation"]
+        result["residual"],
+        result["heads"],
+        result["heads_ranking"],
+        result["directional_ablation"],
+        result["ablation_controls"],
     )
     print(json.dumps({"info": info, "summary": summary}, indent=1, default=str))
     store.write_manifest(

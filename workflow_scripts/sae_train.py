@@ -1,8 +1,11 @@
 """train_sae: per-token activations -> results/sae/{dataset}/{model}/{hook}/{architecture}.
 
-Trains on the train-split tokens; reconstruction metrics, dead features, CE-loss recovered and
-the feature x label table use the test split. Writes the SAELens-format SAE (safetensors +
-cfg.json), metrics.json, features.csv and the manifest.
+Trains on the train-split tokens; reconstruction metrics, dead features, CE-loss recovered,
+Delta CE and the feature x label table use the test split. The top features per emotion are
+chosen on the train samples (``auroc_train`` and ``selected`` in features.csv) and tested on
+the test samples. Writes the SAELens-format SAE (safetensors + cfg.json), metrics.json,
+features.csv, measurements.csv (the chosen features' per-sample max activations, design rank;
+the per-prompt CE losses with and without the SAE) and the manifest.
 """
 
 import json
@@ -58,8 +61,9 @@ def main(smk):
 
     test_index = np.flatnonzero(test)
     local = np.searchsorted(test_samples, tokens.sample_index[test_index])
+    f_test = model.encode(tokens.x[test_index])
     table = sae.feature_table(
-        model.encode(tokens.x[test_index]),
+        f_test,
         local,
         tokens.token_id[test_index],
         [samples[i] for i in test_samples],
@@ -67,6 +71,23 @@ def main(smk):
         p.baseline,
         decode=lambda token: bridge.tokenizer.decode([token]),
     )
+    # choose on the train samples, test on the test samples
+    train_samples = np.flatnonzero(tokens.splits == "train")
+    train_index = np.flatnonzero(train)
+    smax_train = sae.sample_max_activations(
+        model,
+        tokens.x[train_index],
+        np.searchsorted(train_samples, tokens.sample_index[train_index]),
+        len(train_samples),
+    )
+    train_labels = [samples[i]["label"] for i in train_samples]
+    chosen_features, n_live = sae.select_features(
+        smax_train, train_labels, p.labels, p.baseline, top_n=p.top_features
+    )
+    table = sae.annotate_selection(
+        table, sae.label_aurocs(smax_train, train_labels, p.labels, p.baseline), chosen_features
+    )
+    smax_test = sae.per_sample_max(f_test, local, len(test_samples)).numpy()
     times["features"] = clock()
 
     metrics = {
@@ -84,6 +105,21 @@ def main(smk):
         "activation_scaling_factor": model.scaling_factor,
         "final_loss": float(np.mean(model.loss_history[-10:])),
     }
+    measurements = pd.concat(
+        [
+            sae.feature_measurements(
+                chosen_features,
+                smax_test,
+                [tokens.sample_ids[i] for i in test_samples],
+                [samples[i]["label"] for i in test_samples],
+                p.baseline,
+                metrics,
+                n_family_part=n_live,
+            ),
+            sae.ce_measurements(ce, [tokens.sample_ids[i] for i in chosen], metrics),
+        ],
+        ignore_index=True,
+    )
     sae.save_sae(
         model,
         out,
@@ -102,6 +138,7 @@ def main(smk):
             "dead_fraction": held_out.dead_fraction,
             "train_num_dead_features": on_train.n_dead,
             "ce_loss_recovered": ce.ce_loss_recovered,
+            "delta_ce": ce.delta_ce,
             "evaluated_on": "test split",
         },
     )
@@ -109,12 +146,8 @@ def main(smk):
         json.dump(metrics, f, indent=2, sort_keys=True)
         f.write("\n")
     table.to_csv(f"{out}/{sae.FEATURES_FILE}", index=False, float_format="%.6g")
-    # the statistics phase's input, from the files as written (their precision)
-    with open(f"{out}/{sae.METRICS_FILE}") as f:
-        written = json.load(f)
-    sae.feature_summaries(
-        pd.read_csv(f"{out}/{sae.FEATURES_FILE}"), written, p.baseline, top_n=p.top_features
-    ).to_csv(f"{out}/{store.SUMMARIES_FILE}", index=False)
+    # the statistics phase's input, at full precision (ranks must not tie by rounding)
+    measurements.to_csv(f"{out}/{store.MEASUREMENTS_FILE}", index=False)
     store.write_manifest(
         out,
         kind="sae",
@@ -136,7 +169,10 @@ def main(smk):
             "prepend_bos": p.prepend_bos,
         },
         seeds={"seed": p.seed},
-        extra={"summary": {"held_out": held_out.as_dict(), "ce_loss": ce.as_dict()}},
+        extra={
+            "summary": {"held_out": held_out.as_dict(), "ce_loss": ce.as_dict()},
+            "features": {"chosen_on": "train split", "tested_on": "test split", "n_live": n_live},
+        },
     )
     times["total"] = clock()
     print(json.dumps({"metrics": metrics, "seconds_since_start": times}, indent=2))

@@ -1,8 +1,9 @@
 """effect_sizes: every phase's measurements and summaries -> results/stats/effect_sizes.csv.
 
 Two generic inputs (layouts in circuitflow.store): ``measurements.csv`` (per-unit values:
-paired or independent designs) and ``summaries.csv`` (one observed value per comparison:
-single-case and AUROC designs). Plus a manifest sidecar.
+paired, independent or rank designs) and ``summaries.csv`` (one observed value per comparison:
+single-case and permutation designs). Comparisons that cannot be tested stay as rows (p = 1,
+the reason in ``note``) and are listed in the log. Plus a manifest sidecar.
 """
 
 from pathlib import Path
@@ -54,18 +55,19 @@ def main(smk):
         new, skipped = stats.effect_rows(m, min_n=s["min_n"], **boot)
         rows += new
         print(
-            f"measurements: {len(m)} values -> {len(new)} rows, {len(skipped)} comparisons left out"
+            f"measurements: {len(m)} values -> {len(new)} rows, of which {len(skipped)} "
+            "untested (p = 1, reason in note)"
         )
     summ = summaries(smk)
     if summ is not None:
         new, skip = stats.summary_rows(summ, confidence_level=s["confidence_level"])
         rows += new
         skipped += skip
-        print(f"summaries: {len(summ)} comparisons -> {len(new)} rows")
+        print(f"summaries: {len(summ)} comparisons -> {len(new)} rows, {len(skip)} untested")
     table = stats.finalize(rows)
     table.to_csv(smk.output[0], index=False, float_format="%.6g")
     for line in skipped:
-        print(f"left out: {line}")
+        print(f"untested: {line}")
     print(f"{len(table)} rows; {int((table.p_fdr_bh < 0.05).sum())} with p_fdr_bh < 0.05")
     store.write_manifest(
         smk.output[0],
@@ -73,7 +75,7 @@ def main(smk):
         inputs={name: list(smk.input[name]) for name in smk.input.keys()},
         params={"stats": dict(s)},
         seeds={"bootstrap": p.seed},
-        extra={"n_rows": len(table), "n_left_out": len(skipped)},
+        extra={"n_rows": len(table), "n_untested": len(skipped)},
     )
 
 

@@ -1,4 +1,9 @@
-"""k_selection: alignment tables + their bootstrap replicates -> results/stats/k_selection.csv."""
+"""k_selection: alignment tables + their bootstrap replicates -> results/stats/k_selection.csv.
+
+k is chosen on the first ``stats.k_select_fraction`` of each layer pair's replicates and tested
+on the rest (circuitflow.stats.k_selection); the ``selection`` column says how alignment chose
+the bootstrapped layer pair (its manifest's ``bootstrap.pairs``).
+"""
 
 import pandas as pd
 
@@ -6,31 +11,52 @@ from circuitflow import stats, store
 from circuitflow.workflow import run_logged
 
 
+def layer_selection(boot_path) -> str:
+    pairs = store.read_manifest(boot_path)["params"].get("bootstrap", {}).get("pairs")
+    if pairs not in stats.LAYER_SELECTION:
+        raise ValueError(
+            f"{boot_path}: manifest params bootstrap.pairs = {pairs!r}, not one of "
+            f"{list(stats.LAYER_SELECTION)}; rebuild it with snakemake"
+        )
+    return stats.LAYER_SELECTION[pairs]
+
+
 def main(smk):
+    s = smk.params.stats
     frames = []
     for table_path, boot_path in zip(smk.input.tables, smk.input.bootstrap, strict=True):
         table = pd.read_csv(table_path)
         boot = pd.read_csv(boot_path)
         n_random = store.read_manifest(table_path)["params"]["alignment"]["n_random"]
         frames.append(
-            stats.k_selection(table, boot, n_random, smk.params.stats["confidence_level"])
+            stats.k_selection(
+                table,
+                boot,
+                n_random,
+                select_fraction=s["k_select_fraction"],
+                confidence_level=s["confidence_level"],
+                selection=layer_selection(boot_path),
+            )
         )
         print(f"{boot_path}: {len(boot)} replicate rows")
     out = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else stats.k_selection(pd.DataFrame(), pd.DataFrame(), 0)
+        else stats.k_selection(pd.DataFrame(), pd.DataFrame(), 0, s["k_select_fraction"])
     )
     if len(frames) > 1:  # one BH correction over every selection of every pair
         out = stats.adjust_k_selection(out)
     out.to_csv(smk.output[0], index=False, float_format="%.6g")
-    chosen = out[out.selected]
+    chosen = out[out.selected.astype(bool)]
     print(f"{len(chosen)} selections; {int((chosen.p_fdr_bh < 0.05).sum())} with p_fdr_bh < 0.05")
     store.write_manifest(
         smk.output[0],
         kind="k_selection",
         inputs={"tables": list(smk.input.tables), "bootstrap": list(smk.input.bootstrap)},
-        params={"confidence_level": smk.params.stats["confidence_level"]},
+        params={
+            "confidence_level": s["confidence_level"],
+            "k_select_fraction": s["k_select_fraction"],
+        },
     )
 
 

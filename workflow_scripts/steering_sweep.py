@@ -1,9 +1,10 @@
 """steer_sweep: model + vectors + activations -> results/steering/{dataset}/{model}/samples.csv
-(+ measurements.csv, per prompt, for effect_sizes).
+(+ fluency.csv per configuration, measurements.csv per prompt for effect_sizes).
 
 One batched greedy generation per group of (prompt, configuration) rows: unsteered baseline,
-layer x alpha x direction (emotion directions, PCA components, seeded random controls), then
-every evaluator's per-sample scores.
+layer x alpha x direction (emotion directions of steering.direction_contrast, PCA components,
+seeded variance-matched random controls), then every evaluator's per-sample scores; a
+configuration outside the fluency band of the unsteered run gets a note in measurements.csv.
 """
 
 import json
@@ -15,6 +16,7 @@ from circuitflow import models, steering, store
 from circuitflow.workflow import run_logged
 
 SAMPLES = "samples.csv"
+FLUENCY = "fluency.csv"
 
 
 def main(smk):
@@ -41,7 +43,11 @@ def main(smk):
     table.to_csv(out / SAMPLES, index=False, float_format="%.6g")
     # the statistics phase's input, from the table as written
     written = pd.read_csv(out / SAMPLES, float_precision="round_trip")
-    steering.sample_measurements(written, p.metrics).to_csv(
+    band = params.fluency_band()
+    fluency = steering.fluency_table(written, band)
+    fluency.to_csv(out / FLUENCY, index=False, float_format="%.6g")
+    summary["outside_fluency_band"] = int((fluency["note"] != "").sum())
+    steering.sample_measurements(written, p.metrics, band).to_csv(
         out / store.MEASUREMENTS_FILE, index=False
     )
     print(json.dumps(summary))

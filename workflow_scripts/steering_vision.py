@@ -1,10 +1,11 @@
 """steer_vision: model + image activations + vectors + probes -> results/steering/{dataset}/
-{model}/ (samples.csv: readout shift per pair x hook x alpha x direction; measurements.csv:
-the same as per-pair measurements for effect_sizes)."""
+{model}/ (samples.csv: readout shift per pair x hook x alpha x direction, controls matched in
+the variance they carry; measurements.csv: the same per source photo for effect_sizes)."""
 
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from circuitflow import steering, store
@@ -37,13 +38,15 @@ def main(smk):
     steer = steering.steer_hooks(hooks, readout, cfg.layers)
     directions = ro.store_directions(smk.input.vectors, steer, rcfg.attributes, cfg.position)
     train = store.read_array(acts, "split") == "train"
-    norms = {
-        h: steering.mean_pooled_norm(store.read_array(acts, h), train, cfg.position) for h in steer
-    }
+    at = store.VISION_POSITIONS.index(cfg.position)
+    pooled = {h: store.read_array(acts, h) for h in steer}
+    norms = {h: steering.mean_pooled_norm(a, train, cfg.position) for h, a in pooled.items()}
+    # the matched controls' covariance: train-split pooled activations at each steered hook
+    control_x = {h: np.asarray(a, np.float64)[train, at] for h, a in pooled.items()}
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
     table = steering.run_steering(
-        vm, images, pairs, readouts, directions, steer, norms, cfg, p.seed, hooks, clip
+        vm, images, pairs, readouts, directions, steer, norms, cfg, p.seed, hooks, clip, control_x
     )
     seconds = round(time.perf_counter() - start, 1)
     t = pd.DataFrame(table)
@@ -59,10 +62,11 @@ def main(smk):
             tower_dirs = ro.store_directions(
                 smk.input.vectors, tower, rcfg.attributes, cfg.position
             )
+            tower_acts = {h: store.read_array(acts, h) for h in tower}
             tower_norms = {
-                h: steering.mean_pooled_norm(store.read_array(acts, h), train, cfg.position)
-                for h in tower
+                h: steering.mean_pooled_norm(a, train, cfg.position) for h, a in tower_acts.items()
             }
+            tower_x = {h: np.asarray(a, np.float64)[train, at] for h, a in tower_acts.items()}
             prompt = steering.description_prompt_ids(smk.input.model, cfg.describe_prompt)
             rows_d = steering.run_descriptions(
                 vm,
@@ -76,6 +80,7 @@ def main(smk):
                 prompt,
                 p.seed,
                 all_hooks=hooks,
+                control_x=tower_x,
             )
             d = pd.DataFrame(rows_d)
             d.insert(0, "model", p.model)

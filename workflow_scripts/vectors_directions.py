@@ -2,13 +2,35 @@
 
 Per hook x position x condition: unit mean-difference direction and norm (train split),
 projections of every sample, the top-k PCA subspace of per-sample difference vectors, and
-cosine matrices between conditions and across hooks.
+cosine matrices between conditions and across hooks. Besides the emotion-vs-neutral
+direction, the emotion-specific ones (vs the other emotions; the multinomial probe's), their
+cosines to the shared axis, projections, and the train-split cross-validated specificity
+AUROC the separation rule chooses each hook by (circuitflow.vectors.specificity).
 """
 
+import time
+import warnings
+
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from circuitflow import store, vectors
 from circuitflow.workflow import run_logged
+
+
+def _subspaces(a, labels, train, conditions, baseline, k):
+    """Top-k PCA of the train difference vectors of each condition at one position:
+    (components [condition, k, d], singular values [condition, k], ratios [condition, k]),
+    NaN / zero beyond the data's rank."""
+    comps = np.zeros((len(conditions), k, a.shape[-1]))
+    sing = np.full((len(conditions), k), np.nan)
+    ratio = np.full((len(conditions), k), np.nan)
+    for j, condition in enumerate(conditions):
+        diffs = vectors.difference_vectors(a, labels, condition, baseline, train)
+        c, s, r = vectors.pca_subspace(diffs, k)
+        comps[j, : len(c)], sing[j, : len(s)], ratio[j, : len(r)] = c, s, r
+    return comps, sing, ratio
 
 
 def main(smk):
@@ -19,44 +41,71 @@ def main(smk):
     labels, train = coords["label"], coords["split"] == "train"
     hooks = store.activation_hooks(acts)
     positions = store.store_positions(acts)
-    P, C, K = len(positions), len(conditions), p.k_max
+    P, K = len(positions), p.k_max
+    cfg = vectors.SpecificityConfig(seed=p.seed, **p.specificity)
+    contrast_names = {k: store.DIRECTION_VARIABLES[k] for k in vectors.CONTRASTS}
+    projection_names = {k: vectors.projection_variable(k) for k in vectors.CONTRASTS}
+    folds = vectors.cv_folds(
+        labels,
+        vectors.cv_groups(coords["sample"], coords["frame_id"]),
+        train,
+        [*conditions, p.baseline],
+        cfg.folds,
+        cfg.seed,
+    )
+    print(f"specificity: {len(folds)} train-split CV folds; probe {cfg.probe}")
     out = {
         name: []
         for name in (
-            "direction",
+            *contrast_names.values(),
+            *projection_names.values(),
             "norm",
-            "projection",
+            "shared_axis",
+            "cosine_to_shared_axis",
+            "specificity_cv_auroc",
             "subspace",
             "singular_values",
             "explained_variance_ratio",
         )
     }
-    for hook in hooks:
-        a = store.read_array(acts, hook)  # [sample, position, d_model]
-        unit, norm = vectors.directions(a, labels, train, conditions, p.baseline)
-        out["direction"].append(unit)
-        out["norm"].append(norm)
-        out["projection"].append(vectors.project(a, unit))
-        comps = np.zeros((P, C, K, a.shape[-1]))
-        sing = np.full((P, C, K), np.nan)
-        ratio = np.full((P, C, K), np.nan)
-        for i in range(P):
-            for j, condition in enumerate(conditions):
-                diffs = vectors.difference_vectors(a[:, i], labels, condition, p.baseline, train)
-                c, s, r = vectors.pca_subspace(diffs, K)
-                comps[i, j, : len(c)], sing[i, j, : len(s)], ratio[i, j, : len(r)] = c, s, r
-        out["subspace"].append(comps)
-        out["singular_values"].append(sing)
-        out["explained_variance_ratio"].append(ratio)
+    seconds, not_converged = 0.0, 0
+    # no BLAS threads beyond the rule's own: these small SVDs and solves ran 8-50x slower
+    # with two OpenBLAS threads on a busy 2-core machine (0.64 s vs 5-32 s per hook)
+    with threadpool_limits(limits=int(getattr(smk, "threads", 1) or 1)):
+        for hook in hooks:
+            a = store.read_array(acts, hook).astype(np.float64)  # [sample, position, d_model]
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                fit = vectors.hook_specificity(a, labels, train, folds, conditions, p.baseline, cfg)
+            not_converged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+            seconds += time.perf_counter() - start
+            for contrast in vectors.CONTRASTS:
+                out[contrast_names[contrast]].append(fit.unit[contrast])
+                out[projection_names[contrast]].append(vectors.project(a, fit.unit[contrast]))
+            out["norm"].append(vectors.directions(a, labels, train, conditions, p.baseline)[1])
+            out["shared_axis"].append(fit.shared_axis)
+            out["cosine_to_shared_axis"].append(fit.cosine)
+            out["specificity_cv_auroc"].append(fit.cv_auroc)
+            per_position = [
+                _subspaces(a[:, i], labels, train, conditions, p.baseline, K) for i in range(P)
+            ]
+            names = ("subspace", "singular_values", "explained_variance_ratio")
+            for name, values in zip(names, zip(*per_position, strict=True), strict=True):
+                out[name].append(np.stack(values))  # [position, condition, ...]
     # hooks of a CNN differ in width: zero-pad the feature axis to the widest (hook_width says
     # how many entries are real); cosines across hooks of different widths are NaN.
     widths = np.array([d.shape[-1] for d in out["direction"]])
-    for name in ("direction", "subspace"):
+    for name in (*contrast_names.values(), "shared_axis", "subspace"):
         out[name] = [
             np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, widths.max() - v.shape[-1])])
             for v in out[name]
         ]
     out = {name: np.stack(values) for name, values in out.items()}
+    print(
+        f"specificity directions + CV over {len(hooks)} hooks: {seconds:.1f} s"
+        + (f"; {not_converged} probe fits hit specificity_probe_max_iter" if not_converged else "")
+    )
     unit = out["direction"]  # [hook, position, condition, d_model]
     cosine_hooks = vectors.cosine_matrix(unit.transpose(1, 2, 0, 3))
     cosine_hooks[..., widths[:, None] != widths[None, :]] = np.nan
@@ -66,9 +115,12 @@ def main(smk):
         conditions,
         coords,
         {
-            "direction": ([*dims, "d_model"], unit),
+            **{name: ([*dims, "d_model"], out[name]) for name in contrast_names.values()},
             "norm": (dims, out["norm"]),
-            "projection": ([*dims, "sample"], out["projection"]),
+            **{name: ([*dims, "sample"], out[name]) for name in projection_names.values()},
+            "shared_axis": (["hook", "position", "d_model"], out["shared_axis"]),
+            "cosine_to_shared_axis": ([*dims, "contrast"], out["cosine_to_shared_axis"]),
+            "specificity_cv_auroc": ([*dims, "contrast"], out["specificity_cv_auroc"]),
             "subspace": ([*dims, "component", "d_model"], out["subspace"]),
             "singular_values": ([*dims, "component"], out["singular_values"]),
             "explained_variance_ratio": ([*dims, "component"], out["explained_variance_ratio"]),
@@ -81,11 +133,20 @@ def main(smk):
             "model": p.model,
             "baseline": p.baseline,
             "direction": "mean(condition) - mean(baseline) on the train split, unit norm",
+            "direction_vs_others": "mean(condition) - mean(the other conditions' samples) on "
+            "the train split, unit norm",
+            "direction_probe": f"the condition's weights of a multinomial {cfg.probe} probe "
+            "over the conditions (baseline excluded), standardized train features mapped back "
+            "to raw space, unit norm",
+            "shared_axis": "mean(all condition samples) - mean(baseline) on the train split, "
+            "unit norm",
+            "specificity_cv_auroc": "condition vs the other conditions' samples along each "
+            f"contrast's direction, {len(folds)}-fold CV on the train split grouped by frame_id",
             "subspace": "uncentred full SVD of train difference vectors (sample - mean baseline); "
             "sign: mean difference projects positively",
         },
         positions=positions,
-    )
+    ).assign_coords(contrast=list(vectors.CONTRASTS))
     store.write_dataset(smk.output[0], ds)
     store.write_manifest(
         smk.output[0],
@@ -97,7 +158,9 @@ def main(smk):
             "conditions": conditions,
             "baseline": p.baseline,
             "k_max": K,
+            "specificity": dict(p.specificity),
         },
+        seeds={"specificity_folds": cfg.seed, "probe": cfg.seed},
     )
 
 

@@ -35,6 +35,7 @@ K_SELECTION = "results/stats/k_selection.csv"
 ALIGNMENT_BOOTSTRAP = "results/alignment/{dataset}/{model_a}__{model_b}.bootstrap.csv"
 ALIGNMENT_SUMMARIES = "results/alignment/{dataset}/{model_a}__{model_b}.summaries.csv"
 VECTORS_MEASUREMENTS = "results/vectors/{dataset}/{model}.measurements.csv"
+VECTORS_SPECIFICITY = "results/vectors/{dataset}/{model}.specificity.csv"
 # Generic per-unit measurements any phase may write (inside its artifact directory, declared
 # in rules/common.smk measurements_targets()); results/stats/effect_sizes.csv consumes them.
 # One row per measured value, columns (circuitflow.stats.MEASUREMENT_COLUMNS):
@@ -45,6 +46,12 @@ VECTORS_MEASUREMENTS = "results/vectors/{dataset}/{model}.measurements.csv"
 # with baseline (comparison vs_baseline) and with control (vs_random_control): paired
 # (ttest_rel, Cohen's d_z) on the units both arms share, else independent (Welch, Hedges' g).
 # Several values of one unit in an arm (e.g. control seeds) are averaged first.
+# Optional columns (MEASUREMENT_OPTIONAL), each constant within a group:
+#   unit_kind (UNIT_KINDS: what one independent unit is; named in the effect row's test,
+#   e.g. "ttest_rel by frame"), note (a flag copied into the effect row's note, e.g.
+#   "fluency outside band"), design (MEASUREMENT_DESIGNS: empty = paired or independent as
+#   above; "rank" = Mann-Whitney U and AUROC of the two arms' values), family_part and
+#   n_family_part (as in summaries below: hypotheses of one part of a family).
 MEASUREMENTS_FILE = "measurements.csv"
 MEASUREMENT_COLUMNS = [
     "phase",
@@ -60,13 +67,18 @@ MEASUREMENT_COLUMNS = [
     "unit",
     "value",
 ]
+MEASUREMENT_OPTIONAL = ["unit_kind", "note", "design", "family_part", "n_family_part"]
+UNIT_KINDS = ("prompt", "frame", "photo", "sample")
+RANK_DESIGN = "rank"
+MEASUREMENT_DESIGNS = ("", RANK_DESIGN)
 # Per-comparison summaries (designs without per-unit values), columns
 # (circuitflow.stats.SUMMARY_COLUMNS): the group columns above plus comparison, design
 # (single_case | auroc | permutation), value (the observed statistic), reference_mean,
 # reference_sd, n_treatment, n_reference (the reference draws or the baseline group),
 # n_reference_ge (permutation: draws >= value), mean_treatment,
 # mean_baseline, family_part, n_family_part (hypotheses of one part of a family: a family's
-# n_family is their sum over its distinct parts, e.g. every live feature of every SAE).
+# n_family is their sum over its distinct parts, e.g. every live feature of every SAE), and
+# optionally note (copied into the effect row's note).
 SUMMARIES_FILE = "summaries.csv"
 LOGS = "logs/{rule}/{key}.log"
 
@@ -102,13 +114,14 @@ SAMPLE_COORDS = ("label", "split", "frame_id")  # plus the index coordinate "sam
 
 def as_measurements(frame, **const):
     """``frame`` (a DataFrame) with the columns ``const`` set and every missing measurement
-    column empty, in :data:`MEASUREMENT_COLUMNS` order (``frame`` is modified in place)."""
+    column empty, in :data:`MEASUREMENT_COLUMNS` order, then the optional columns it has
+    (:data:`MEASUREMENT_OPTIONAL`); ``frame`` is modified in place."""
     for key, value in const.items():
         frame[key] = value
     for col in MEASUREMENT_COLUMNS:
         if col not in frame:
             frame[col] = "" if col not in ("layer", "value") else np.nan
-    return frame[MEASUREMENT_COLUMNS]
+    return frame[MEASUREMENT_COLUMNS + [c for c in MEASUREMENT_OPTIONAL if c in frame]]
 
 
 def measurements_file(path: str | os.PathLike) -> Path:

@@ -32,7 +32,9 @@ Vocabulary (shapes use ``n`` samples, ``d_a`` / ``d_b`` model widths, ``k`` subs
                   variates by least squares (train split), so
                   ``W = P_a.T @ w_a[:, :c] @ G @ P_b``; A's dimensions outside its top ``c``
                   canonical directions are dropped.
-  ``none``        no learned map, see ``overlap_before`` below.
+  ``none``        the identity ``W = I``, only where d_a == d_b: it assumes the two models
+                  write one basis (e.g. a model and its fine-tune) and is dropped otherwise;
+                  its summaries say so (``basis=shared(assumed)``).
 
 - *Overlap* of two k-dim subspaces is the mean of cos² of their principal angles
   (``scipy.linalg.subspace_angles``, :func:`subspace_overlap`): 1 for the same subspace, 0 for
@@ -44,20 +46,37 @@ Vocabulary (shapes use ``n`` samples, ``d_a`` / ``d_b`` model widths, ``k`` subs
 - ``overlap_after``: A's emotion subspace (the first k rows of the vectors store's
   ``subspace``), mapped by ``W`` and orthonormalised, against B's subspace of the same
   emotion and k.
-- ``overlap_before``: the same comparison with the learned rotation left out: A's subspace
+- ``overlap_before`` (descriptive, never tested): the same comparison with the learned
+  rotation left out: A's subspace
   is written in A's PCA coordinates, those coordinates are read as if they were B's PCA
   coordinates (``W = P_a.T @ P_b``, i.e. Procrustes with ``R = I``) and compared with B's
   subspace. It is what "the same subspace in the same coordinates" would give once both models
   are reduced to a common dimension. PCA orders axes by variance and sklearn fixes each
   component's sign from its own coordinates, so this identity already lines up models whose
-  top principal axes correspond one to one (up to sign); it is the floor a learned map has to
-  beat, not a random baseline. It does not depend on the method; rows with method ``none``
-  report it as their ``overlap_after`` too.
-- Baselines in the same row: ``overlap_random_*`` — uniformly random k-dim subspaces of R^d_b
-  against B's subspace (``n_random`` seeded draws; expectation k/d_b); ``overlap_shuffled`` —
-  the mean over ``n_shuffles`` maps of the same method fit on shuffled pairings (B's neutral
-  rows permuted, seeded), i.e. a map with the same capacity and image but no correspondence
-  (``overlap_shuffled_sd``: their standard deviation, ddof 1).
+  top principal axes correspond one to one (up to sign). It does not depend on the method.
+- Nulls (:mod:`~.nulls`), each through the same operation as the observed overlap, at
+  matched depths and for the k the statistics test (``null_ks``: ``stats.alignment_k``),
+  as mean / sd (ddof 1) / n / n_ge (draws >= observed) columns; p = (1 + n_ge) / (1 + n):
+
+  ``overlap_shuffled*``  the same method refit on ``n_shuffles`` shuffled pairings (B's
+                         neutral rows permuted, seeded): same capacity and image, no
+                         correspondence (Procrustes / CCA refit on the r-dim PCA scores,
+                         ridge through its dual form: no d-dim work per draw).
+  ``overlap_permuted*``  the SAME fitted map applied to subspaces recomputed (as the vectors
+                         phase does) on ``n_label_permutations`` permutations of the train
+                         labels: one permutation for both models, among the emotional rows
+                         (within frames), the baseline rows the maps were fit on fixed. It
+                         tests what is specific to an emotion (a register axis shared by
+                         every emotion is in the null too).
+
+  ``overlap_random_*`` (uniformly random k-dim subspaces of R^d_b, ``n_random`` draws,
+  expectation k/d_b) is descriptive only: every mapped subspace lies in B's few
+  high-variance axes, so unrelated models beat it (0.91 vs 0.0017 measured).
+- Similarity rows (``measure`` ``cka_debiased`` / ``mutual_knn``, :mod:`~.similarity`), at
+  matched depths: debiased linear CKA and mutual k-NN (``knn_k``) of the two models'
+  test-split activations of every label (condition ``all``, k 0, no method), with the null
+  of ``n_shuffles`` permuted pairings of those samples (``similarity_shuffled*``,
+  ``n_shuffled*``). Overlap rows have measure ``subspace_overlap``.
 - Bootstrap (:func:`bootstrap_table`, the ``.bootstrap.csv`` beside the table): the train
   samples of every label are resampled with replacement (stratified by label, the same
   sample ids for both models, ``n_bootstrap`` seeded replicates); each replicate recomputes
@@ -73,11 +92,14 @@ Vocabulary (shapes use ``n`` samples, ``d_a`` / ``d_b`` model widths, ``k`` subs
   L / n_layers, resid_post L: (L + 1) / n_layers); ``matched_depth`` marks, per site, every
   layer of either model paired with the other model's nearest layer in relative depth. The
   full layer x layer grid is computed only for ``grid_sites`` x ``grid_positions``, matched
-  pairs for every other site x position (:func:`alignment_table`).
+  pairs for every other site x position (:func:`alignment_table`); grid rows are descriptive
+  (no nulls). Pairs of equal content (resid_post L is resid_pre L + 1) are computed once.
 
-Modules: :mod:`~circuitflow.alignment.config` (settings), :mod:`~.maps` (the maps and their
-R²), :mod:`~.overlap` (subspace overlaps), :mod:`~.nulls` (shuffled pairings, random bases),
-:mod:`~.table` (one model pair's table), :mod:`~.bootstrap` (replicates over samples).
+Modules: :mod:`~circuitflow.alignment.config` (settings), :mod:`~.inputs` (one model's
+activations and subspaces), :mod:`~.maps` (the maps and their R²), :mod:`~.overlap`
+(subspace overlaps), :mod:`~.nulls` (shuffled pairings, permuted labels, random bases),
+:mod:`~.similarity` (CKA, mutual k-NN), :mod:`~.table` (one model pair's table),
+:mod:`~.bootstrap` (replicates over samples), :mod:`~.summaries` (the statistics' input).
 """
 
 from circuitflow.alignment.bootstrap import (
@@ -92,13 +114,17 @@ from circuitflow.alignment.bootstrap import (
     replicate_side,
 )
 from circuitflow.alignment.config import (
+    MEASURES,
     METHODS,
     NO_MAP,
+    OVERLAP,
     POSITIONS,
+    SIMILARITY_MEASURES,
     SITES,
     AlignmentConfig,
     config_dict,
 )
+from circuitflow.alignment.inputs import Labelled, ModelInputs, Side, read_model_inputs
 from circuitflow.alignment.maps import (
     LinearMap,
     Reduction,
@@ -113,61 +139,95 @@ from circuitflow.alignment.maps import (
     map_r2,
     pca_reduce,
     ridge_factor,
+    shared_basis_map,
 )
-from circuitflow.alignment.nulls import random_bases, shuffle_permutations
+from circuitflow.alignment.nulls import (
+    MapCoordinates,
+    NullCache,
+    label_permutations,
+    null_counts,
+    pairing_permutations,
+    permuted_subspaces,
+    random_bases,
+    shuffle_permutations,
+    shuffled_cores,
+)
 from circuitflow.alignment.overlap import (
     nested_basis,
     overlap_sweep,
     random_overlaps,
     subspace_overlap,
 )
-from circuitflow.alignment.summaries import alignment_summaries
+from circuitflow.alignment.similarity import (
+    cka_debiased,
+    mutual_knn,
+    neighbour_sets,
+    similarity_null,
+    unbiased_centred_gram,
+)
+from circuitflow.alignment.summaries import COMPARISONS, alignment_summaries
 from circuitflow.alignment.table import (
+    ALL_CONDITIONS,
     COLUMNS,
-    ModelInputs,
-    Side,
     align_pair,
     alignment_table,
+    emotion_permutations,
     matched_pairs,
-    read_model_inputs,
     relative_depth,
+    similarity_pair,
 )
 
 __all__ = [
-    "alignment_summaries",
+    "ALL_CONDITIONS",
     "BOOTSTRAP_COLUMNS",
     "BOOTSTRAP_PAIRS",
     "COLUMNS",
+    "COMPARISONS",
+    "MEASURES",
     "METHODS",
     "NO_MAP",
+    "OVERLAP",
     "POSITIONS",
+    "SIMILARITY_MEASURES",
     "SITES",
     "AlignmentConfig",
     "BootstrapConfig",
+    "Labelled",
     "LinearMap",
+    "MapCoordinates",
     "ModelInputs",
+    "NullCache",
     "Reduction",
     "RidgeFactor",
     "Side",
     "align_pair",
+    "alignment_summaries",
     "alignment_table",
     "bootstrap_indices",
     "bootstrap_layer_pairs",
     "bootstrap_pair",
     "bootstrap_table",
     "canonical_directions",
+    "cka_debiased",
     "common_rank",
+    "emotion_permutations",
     "config_dict",
     "fit_cca",
     "fit_map",
     "fit_procrustes",
     "fit_ridge",
     "identity_map",
+    "label_permutations",
     "map_r2",
     "matched_pairs",
+    "mutual_knn",
+    "neighbour_sets",
     "nested_basis",
+    "null_counts",
     "overlap_sweep",
+    "pairing_permutations",
     "pca_reduce",
+    "permuted_subspaces",
     "random_bases",
     "random_overlaps",
     "read_model_inputs",
@@ -175,6 +235,11 @@ __all__ = [
     "relative_depth",
     "replicate_side",
     "ridge_factor",
+    "shared_basis_map",
     "shuffle_permutations",
+    "shuffled_cores",
+    "similarity_null",
+    "similarity_pair",
     "subspace_overlap",
+    "unbiased_centred_gram",
 ]

@@ -21,13 +21,14 @@ from circuitflow import store
 from circuitflow.alignment.config import (
     BOOTSTRAP_STREAM,
     NO_MAP,
+    OVERLAP,
     POSITIONS,
     SITES,
     AlignmentConfig,
-    config_dict,
 )
+from circuitflow.alignment.inputs import Side
 from circuitflow.alignment.nulls import random_bases
-from circuitflow.alignment.table import Side, align_pair
+from circuitflow.alignment.table import align_pair
 from circuitflow.core import rand
 from circuitflow.core.subspaces import difference_vectors, pca_subspace
 from circuitflow.workflow import schema_backed
@@ -79,12 +80,10 @@ class BootstrapConfig:
 
     @classmethod
     def from_config(cls, alignment: Mapping) -> BootstrapConfig:
-        return cls(
-            n_bootstrap=alignment.get("n_bootstrap", 100),
-            sites=alignment.get("bootstrap_sites", ("hook_resid_post",)),
-            positions=alignment.get("bootstrap_positions", ("mean",)),
-            pairs=alignment.get("bootstrap_pairs", "best"),
-        )
+        """From the validated config section; keys it lacks take the schema's defaults."""
+        keys = {"n_bootstrap": "n_bootstrap"}
+        keys.update({f"bootstrap_{k}": k for k in ("sites", "positions", "pairs")})
+        return cls(**{field: alignment[key] for key, field in keys.items() if key in alignment})
 
 
 def bootstrap_indices(labels: np.ndarray, n_bootstrap: int, seed: int) -> list[np.ndarray]:
@@ -124,15 +123,15 @@ def bootstrap_pair(
 ) -> list[dict]:
     """Bootstrap replicates for one (hook_a, hook_b, position): x_a [n, d_a] and x_b [n, d_b]
     are the train rows of every label, paired by sample; rows as :func:`align_pair` gives
-    (no shuffled maps) plus ``replicate``."""
+    (no nulls: a replicate's spread is its own uncertainty) plus ``replicate``."""
     conditions = [c for c in dict.fromkeys(labels.tolist()) if c != baseline]
-    no_shuffles = AlignmentConfig(**{**config_dict(config), "n_shuffles": 0})
+    no_nulls = config.without_nulls()
     bases = random_bases(x_b.shape[1], config.k_max, config.n_random, config.seed)
     rows = []
     for b, idx in enumerate(bootstrap_indices(labels, n_bootstrap, config.seed)):
         side_a = replicate_side(x_a[idx], labels[idx], baseline, conditions, config.k_max)
         side_b = replicate_side(x_b[idx], labels[idx], baseline, conditions, config.k_max)
-        for row in align_pair(side_a, side_b, no_shuffles, perms=[], bases=bases):
+        for row in align_pair(side_a, side_b, no_nulls, perms=[], bases=bases, null_ks=()):
             rows.append({**row, "replicate": b})
     return rows
 
@@ -143,6 +142,8 @@ def bootstrap_layer_pairs(
     """Layer pairs to bootstrap from the alignment table: every matched-depth pair, or the one
     with the largest mean overlap_after over conditions, learned maps and k."""
     t = table[(table["site"] == site) & (table["position"] == position) & table["matched_depth"]]
+    if "measure" in t:
+        t = t[t["measure"] == OVERLAP]
     if t.empty:
         return []
     if pairs == "matched":

@@ -90,8 +90,22 @@ def _permuted(x: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
 
 
 def identity_map(ra: Reduction, rb: Reduction) -> LinearMap:
-    """Method ``none``: A's PCA coordinates read as B's (``W = P_a.T @ P_b``)."""
+    """A's PCA coordinates read as B's (``W = P_a.T @ P_b``): the map behind the descriptive
+    ``overlap_before`` (no learned correspondence, not a null)."""
     return LinearMap(NO_MAP, ra.mean, rb.mean, (ra.components.T, rb.components))
+
+
+def shared_basis_map(x_a: np.ndarray, x_b: np.ndarray) -> LinearMap:
+    """Method ``none``: ``W = I``, meaningful only where both models write the same basis
+    (equal ``d_model``, e.g. one model and its fine-tune); the offset is still fit."""
+    d_a, d_b = np.shape(x_a)[1], np.shape(x_b)[1]
+    if d_a != d_b:
+        raise ValueError(
+            f"alignment method {NO_MAP!r} assumes a shared basis: d_model {d_a} != {d_b}; "
+            f"use a learned map ({', '.join(METHODS)})"
+        )
+    mean_a, mean_b = np.mean(x_a, axis=0), np.mean(x_b, axis=0)
+    return LinearMap(NO_MAP, mean_a, mean_b, (np.eye(d_a),))
 
 
 def fit_procrustes(ra: Reduction, rb: Reduction, perm: np.ndarray | None = None) -> LinearMap:
@@ -161,13 +175,14 @@ def canonical_directions(
     of the whitened cross-covariance gives the canonical directions; components with
     (numerically) zero variance are left out.
     """
-    inv_a, inv_b = _inv_sd(za), _inv_sd(zb)
+    inv_a, inv_b = inverse_sd(za), inverse_sd(zb)
     cross = (za * inv_a).T @ (zb * inv_b) / (len(za) - 1)
     u, rho, vt = svd(cross, full_matrices=False)
     return u * inv_a[:, None], vt.T * inv_b[:, None], rho
 
 
-def _inv_sd(z: np.ndarray) -> np.ndarray:
+def inverse_sd(z: np.ndarray) -> np.ndarray:
+    """1 / sd (ddof 1) of each column; 0 for (numerically) constant columns."""
     sd = z.std(axis=0, ddof=1)
     ok = sd > 1e-10 * sd.max(initial=0.0)
     return np.where(ok, 1.0 / np.where(ok, sd, 1.0), 0.0)
@@ -201,12 +216,15 @@ def fit_map(
     reductions: tuple[Reduction, Reduction] | None = None,
     factor: RidgeFactor | None = None,
 ) -> LinearMap:
-    """Fit one map (``procrustes``, ``ridge``, ``cca`` or ``none``) from ``x_a [n, d_a]`` to
-    ``x_b [n, d_b]`` (rows paired); ``perm`` permutes B's rows first (shuffled baseline).
+    """Fit one map (``procrustes``, ``ridge``, ``cca`` or ``none``: the identity, equal widths
+    only) from ``x_a [n, d_a]`` to ``x_b [n, d_b]`` (rows paired); ``perm`` permutes B's rows
+    first (shuffled-pairing null).
     ``reductions`` (the PCA of each side) and ``factor`` (A's ridge factor) reuse work."""
     if method not in (*METHODS, NO_MAP):
         raise ValueError(f"unknown alignment method {method!r}; choose from {[*METHODS, NO_MAP]}")
     config = config or AlignmentConfig()
+    if method == NO_MAP:
+        return shared_basis_map(x_a, x_b)
     if method == "ridge":
         return fit_ridge(x_a, x_b, config.ridge_alpha, perm, factor)
     if reductions is None:
@@ -215,9 +233,7 @@ def fit_map(
     ra, rb = reductions
     if method == "procrustes":
         return fit_procrustes(ra, rb, perm)
-    if method == "cca":
-        return fit_cca(ra, rb, config.cca_components, perm)
-    return identity_map(ra, rb)
+    return fit_cca(ra, rb, config.cca_components, perm)
 
 
 def map_r2(fitted: LinearMap, x_a: np.ndarray, x_b: np.ndarray) -> float:

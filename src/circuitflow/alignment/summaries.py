@@ -1,10 +1,21 @@
 """The alignment table as per-comparison summaries for the statistics phase.
 
-Each overlap of an emotion subspace (after a map; ``method=none``: the unmapped
-``overlap_before``) is one observed value against a reference distribution: the random
-k-dim subspaces of the target model (``vs_random_control``) and the maps fit on shuffled
-pairings (``vs_shuffled``). Rows at matched relative depths and the configured ``ks`` only;
-model = ``a__b``, layer = layer_a, setting names method, k and layer_b.
+Every tested value is one observed statistic against a null that went through the same
+operation (design ``permutation``: ``n_reference`` draws, ``n_reference_ge`` of them >= the
+value; ``circuitflow.stats`` computes p = (1 + n_ge) / (1 + n)):
+
+- ``overlap_after`` of an emotion subspace after a map, ``vs_shuffled_pairs`` (the method
+  refit on shuffled neutral pairings) and ``vs_permuted_labels`` (the same fitted map applied
+  to subspaces recomputed on permuted train labels). Method ``none`` (the identity, only
+  where d_a == d_b) has no fit to shuffle: it is tested against permuted labels only, and its
+  setting says that it assumes a shared basis.
+- ``cka_debiased`` and ``mutual_knn`` of the test-split activations, ``vs_shuffled_pairs``
+  (the test samples' pairing permuted).
+
+Rows at matched relative depths and the configured ``ks`` only (the table has nulls nowhere
+else). ``overlap_before`` and the uniform random-subspace baseline are descriptive columns of
+the table, never tested. model = ``a__b``, layer = layer_a, setting names method, k and
+layer_b.
 """
 
 from __future__ import annotations
@@ -13,25 +24,60 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from circuitflow.alignment.config import NO_MAP, OVERLAP, SIMILARITY_MEASURES
+
+COMPARISONS = {"shuffled": "vs_shuffled_pairs", "permuted": "vs_permuted_labels"}
+SHARED_BASIS = "basis=shared(assumed)"
+SUMMARY_COLUMNS = [
+    "phase",
+    "dataset",
+    "model",
+    "layer",
+    "site",
+    "position",
+    "condition",
+    "setting",
+    "metric",
+    "comparison",
+    "design",
+    "value",
+    "reference_mean",
+    "reference_sd",
+    "n_reference",
+    "n_reference_ge",
+]
+
+
+def _setting(r) -> str:
+    if r.measure != OVERLAP:
+        return f"layer_b={int(r.layer_b)}"
+    method = f"method={r.method}" + (f" {SHARED_BASIS}" if r.method == NO_MAP else "")
+    return f"{method} k={int(r.k)} layer_b={int(r.layer_b)}"
+
 
 def alignment_summaries(
-    table: pd.DataFrame,
-    n_random: int,
-    n_shuffles: int,
-    ks: Sequence[int] | None = None,
-    matched_only: bool = True,
+    table: pd.DataFrame, ks: Sequence[int] | None = None, matched_only: bool = True
 ) -> pd.DataFrame:
-    """alignment {a}__{b}.csv rows -> ``summaries.csv`` rows (design ``single_case``)."""
+    """alignment {a}__{b}.csv rows -> ``summaries.csv`` rows (design ``permutation``)."""
     t = table[table["matched_depth"].astype(bool)] if matched_only else table
     if ks is not None:
-        t = t[t["k"].isin(list(ks))]
+        t = t[(t["measure"] != OVERLAP) | t["k"].isin(list(ks))]
     rows = []
     for r in t.itertuples(index=False):
-        before = r.method == "none"
-        refs = [("vs_random_control", r.overlap_random_mean, r.overlap_random_sd, n_random)]
-        if not before and "overlap_shuffled_sd" in table:
-            refs.append(("vs_shuffled", r.overlap_shuffled, r.overlap_shuffled_sd, n_shuffles))
-        for comparison, mean, sd, n in refs:
+        if r.measure == OVERLAP:
+            value, metric, nulls = r.overlap_after, "overlap_after", COMPARISONS
+        elif r.measure in SIMILARITY_MEASURES:
+            value, metric, nulls = r.similarity, r.measure, {"shuffled": COMPARISONS["shuffled"]}
+        else:
+            raise ValueError(
+                f"alignment table: measure {r.measure!r} is not one of "
+                f"{[OVERLAP, *SIMILARITY_MEASURES]}"
+            )
+        for null, comparison in nulls.items():
+            n = getattr(r, f"n_{null}")
+            if pd.isna(n) or int(n) < 1 or pd.isna(value):
+                continue
+            column = "similarity_shuffled" if r.measure != OVERLAP else f"overlap_{null}"
             rows.append(
                 {
                     "phase": "alignment",
@@ -41,14 +87,15 @@ def alignment_summaries(
                     "site": r.site,
                     "position": r.position,
                     "condition": r.condition,
-                    "setting": f"method={r.method} k={int(r.k)} layer_b={int(r.layer_b)}",
-                    "metric": "overlap_before" if before else "overlap_after",
+                    "setting": _setting(r),
+                    "metric": metric,
                     "comparison": comparison,
-                    "design": "single_case",
-                    "value": r.overlap_before if before else r.overlap_after,
-                    "reference_mean": mean,
-                    "reference_sd": sd,
+                    "design": "permutation",
+                    "value": float(value),
+                    "reference_mean": float(getattr(r, column)),
+                    "reference_sd": float(getattr(r, f"{column}_sd")),
                     "n_reference": int(n),
+                    "n_reference_ge": int(getattr(r, f"n_{null}_ge")),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

@@ -1,37 +1,36 @@
 """The alignment table of one model pair: every map at every layer pair, scored per emotion
-and k against its baselines (:data:`COLUMNS`).
+and k against its nulls, plus the cross-model similarity measures at matched depths
+(:data:`COLUMNS`).
 
-:func:`read_model_inputs` loads one model's neutral rows and emotion subspaces from its
-stores, :func:`align_pair` scores one (hook_a, hook_b, position), and
-:func:`alignment_table` walks the matched-depth pairs and the full grids.
+:func:`align_pair` scores one (hook_a, hook_b, position), :func:`similarity_pair` adds CKA and
+mutual k-NN of the held-out rows, and :func:`alignment_table` walks the matched-depth pairs
+(nulls computed) and the full grids (descriptive).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from circuitflow import store
-from circuitflow.alignment.config import NO_MAP, AlignmentConfig
-from circuitflow.alignment.maps import (
-    LinearMap,
-    Reduction,
-    RidgeFactor,
-    common_rank,
-    fit_map,
-    map_r2,
-    pca_reduce,
-    ridge_factor,
+from circuitflow.alignment.config import NO_MAP, OVERLAP, AlignmentConfig
+from circuitflow.alignment.inputs import Labelled, ModelInputs, Side
+from circuitflow.alignment.maps import LinearMap, common_rank, fit_map, identity_map, map_r2
+from circuitflow.alignment.nulls import (
+    MapCoordinates,
+    NullCache,
+    label_permutations,
+    null_counts,
+    pairing_permutations,
+    random_bases,
+    shuffle_permutations,
+    shuffled_cores,
 )
-from circuitflow.alignment.nulls import random_bases, shuffle_permutations
 from circuitflow.alignment.overlap import basis_sweep, nested_basis
+from circuitflow.alignment.similarity import similarity_null
 
 COLUMNS = (
     "dataset",
@@ -44,6 +43,7 @@ COLUMNS = (
     "matched_depth",
     "site",
     "position",
+    "measure",
     "condition",
     "method",
     "k",
@@ -53,54 +53,21 @@ COLUMNS = (
     "overlap_random_sd",
     "overlap_shuffled",
     "overlap_shuffled_sd",
+    "n_shuffled",
+    "n_shuffled_ge",
+    "overlap_permuted",
+    "overlap_permuted_sd",
+    "n_permuted",
+    "n_permuted_ge",
+    "similarity",
+    "similarity_shuffled",
+    "similarity_shuffled_sd",
     "map_r2_test",
     "n_train_neutral",
+    "n_test",
 )
-
-
-@dataclass
-class Side:
-    """One model at one hook and position: neutral activations (train rows paired with the
-    other model's by sample id) and emotion subspaces ``{condition: [K, d]}`` (rows orthonormal,
-    zero rows where fewer components exist)."""
-
-    train: np.ndarray
-    test: np.ndarray
-    subspaces: Mapping[str, np.ndarray]
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def reduction(self, r: int) -> Reduction:
-        if ("pca", r) not in self._cache:
-            self._cache["pca", r] = pca_reduce(self.train, r)
-        return self._cache["pca", r]
-
-    def ridge_factor(self, alpha: float) -> RidgeFactor:
-        if ("ridge", alpha) not in self._cache:
-            self._cache["ridge", alpha] = ridge_factor(self.train, alpha)
-        return self._cache["ridge", alpha]
-
-    def stacked(self, conditions: Sequence[str], k_max: int) -> np.ndarray:
-        """The subspaces of ``conditions`` stacked: [C, k_max, d]."""
-        return np.stack([np.asarray(self.subspaces[c][:k_max], np.float64) for c in conditions])
-
-    def target_bases(self, conditions: Sequence[str], k_max: int) -> np.ndarray:
-        """Nested orthonormal bases of the subspaces: [C, d, k_max]."""
-        key = ("target", tuple(conditions), k_max)
-        if key not in self._cache:
-            self._cache[key] = nested_basis(self.stacked(conditions, k_max))
-        return self._cache[key]
-
-    def random_overlaps(
-        self, bases: np.ndarray, conditions: Sequence[str], k_max: int
-    ) -> np.ndarray:
-        """Overlaps of random nested bases ``[n_random, d, >=k_max]`` with the subspaces:
-        [C, n_random, k_max] (computed once per ``bases`` object)."""
-        key = ("random", tuple(conditions), k_max)
-        cached = self._cache.get(key)
-        if cached is None or cached[0] is not bases:
-            targets = self.target_bases(conditions, k_max)[:, None]  # [C, 1, d, K]
-            cached = self._cache[key] = (bases, basis_sweep(bases[None, ..., :k_max], targets))
-        return cached[1]
+ALL_CONDITIONS = "all"  # the condition of the similarity rows: every test sample
+_NULL_KEYS = (("shuffled", "overlap_shuffled"), ("permuted", "overlap_permuted"))
 
 
 def _n_components(basis: np.ndarray) -> int:
@@ -109,20 +76,38 @@ def _n_components(basis: np.ndarray) -> int:
     return int(np.argmin(nonzero)) if not nonzero.all() else len(basis)
 
 
+def _same_rows(a: Side, b: Side) -> None:
+    la, lb = a.labelled, b.labelled
+    if not (np.array_equal(la.labels, lb.labels) and np.array_equal(la.split, lb.split)):
+        raise ValueError(
+            "the two models' samples differ in label or split: both activation stores must "
+            "come from the same dataset, rows paired by sample id (read_model_inputs)"
+        )
+
+
 def align_pair(
     a: Side,
     b: Side,
     config: AlignmentConfig,
     perms: Sequence[np.ndarray] | None = None,
     bases: np.ndarray | None = None,
+    null_ks: Sequence[int] | None = None,
+    label_perms: Sequence[np.ndarray] | None = None,
+    null_cache: NullCache | None = None,
 ) -> list[dict]:
     """Fit every map for one (hook_a, hook_b, position) and score every emotion and k.
 
-    Rows: condition, method (``none`` + config.methods), k, overlap_before, overlap_after,
-    overlap_random_mean/sd, overlap_shuffled, map_r2_test, n_train_neutral; k runs up to
-    ``config.k_max`` or the number of components both subspaces have. ``perms`` and ``bases``
-    (shuffles; random nested bases of R^d_b ``[n_random, d_b, >= k_max]``) default to the
-    seeded ones of ``config``; pass them to share them across pairs.
+    Rows: condition, method (config.methods, plus ``none`` where d_a == d_b), k,
+    overlap_before (descriptive), overlap_after, the random-subspace columns (descriptive),
+    the two nulls (:data:`COLUMNS`), map_r2_test, n_train_neutral; k runs up to
+    ``config.k_max`` or the number of components both subspaces have.
+
+    The nulls are computed for the k in ``null_ks`` only (None: every k; empty: none):
+    ``perms`` shuffle the neutral pairing (default: ``config.n_shuffles`` seeded ones),
+    ``label_perms`` permute the train labels (default: :func:`emotion_permutations`; needs
+    ``Side.labelled`` on both sides). ``bases`` (random
+    nested bases of R^d_b ``[n_random, d_b, >= k_max]``) default to the seeded ones. Pass
+    them, and ``null_cache``, to share them across pairs.
     """
     n, d_a, d_b = len(a.train), a.train.shape[1], b.train.shape[1]
     if len(b.train) != n:
@@ -132,6 +117,9 @@ def align_pair(
         raise ValueError("the two models share no emotion condition")
     k_max = min(config.k_max, *(len(a.subspaces[c]) for c in conditions))
     k_max = min(k_max, d_a, d_b, *(len(b.subspaces[c]) for c in conditions))
+    every_k = range(1, k_max + 1)
+    ks_null = sorted({int(k) for k in (every_k if null_ks is None else null_ks) if k in every_k})
+    k_null = max(ks_null, default=0)
     if perms is None:
         perms = shuffle_permutations(n, config.n_shuffles, config.seed)
     if bases is None:
@@ -154,44 +142,110 @@ def align_pair(
     rand_mean = rand.mean(axis=1) if rand.shape[1] else np.full((len(conditions), k_max), np.nan)
     rand_sd = rand.std(axis=1, ddof=1) if rand.shape[1] > 1 else np.full_like(rand_mean, np.nan)
 
+    permuted = None
+    if k_null and a.labelled is not None and b.labelled is not None:
+        _same_rows(a, b)
+        if label_perms is None:
+            label_perms = emotion_permutations(a.labelled, config)
+        if len(label_perms):
+            # coefficients over the train rows [P, C, k, N] of orthonormal subspace rows
+            coef_a = a.permuted(label_perms, conditions, k_null, null_cache)
+            coef_b = b.permuted(label_perms, conditions, k_null, null_cache)
+            x_a, x_b = a.labelled.train_rows(), b.labelled.train_rows()
+            permuted = (coef_a, x_a, np.swapaxes(coef_b, -1, -2), x_b)
+
     def sweep(fitted: LinearMap) -> np.ndarray:  # [C, K]
         return basis_sweep(nested_basis(fitted.apply(stack_a)), targets)
 
     def fit(method, perm=None):
         return fit_map(method, a.train, b.train, config, perm, reductions, factor)
 
-    none = fit(NO_MAP)
-    before = sweep(none)
+    before = sweep(identity_map(*reductions))
+    methods = ((NO_MAP,) if d_a == d_b else ()) + tuple(config.methods)
     rows = []
-    for method in (NO_MAP, *config.methods):
-        fitted = none if method == NO_MAP else fit(method)
-        after = before if method == NO_MAP else sweep(fitted)
-        shuffled_sd = np.full_like(before, np.nan)
-        if method == NO_MAP or not perms:
-            shuffled = np.full_like(before, np.nan)
-        else:
-            draws = np.stack([sweep(fit(method, perm)) for perm in perms])
-            shuffled = draws.mean(axis=0)
-            if len(perms) > 1:
-                shuffled_sd = draws.std(axis=0, ddof=1)
+    for method in methods:
+        fitted = fit(method)
+        after = sweep(fitted)
+        observed = after[:, :k_null]
+        nulls = {name: null_counts(np.empty((0,)), observed) for name, _ in _NULL_KEYS}
+        if k_null:
+            coords = MapCoordinates.of(fitted)
+            source, goal = coords.source(stack_a[:, :k_null]), coords.targets(targets[..., :k_null])
+            if method != NO_MAP and len(perms):  # the identity has no fit to shuffle
+                cores = shuffled_cores(coords, method, reductions, perms, config.cca_components)
+                draws = coords.overlaps(source[None], cores, goal[None])  # [S, C, k]
+                nulls["shuffled"] = null_counts(draws, observed)
+            if permuted is not None:
+                # B's permuted subspace rows are orthonormal, so they are their own nested
+                # basis: x_b.T @ coef_b.T [P, C, d_b, k], here in the image coordinates
+                coef_a, x_a, coef_b_t, x_b = permuted
+                source_p = coef_a @ coords.source(x_a)  # [P, C, k, q]
+                goal_p = coords.targets(x_b.T) @ coef_b_t  # [P, C, q', k]
+                draws = coords.overlaps(source_p, coords.core, goal_p)
+                nulls["permuted"] = null_counts(draws, observed)
         r2 = map_r2(fitted, a.test, b.test)
         for i, c in enumerate(conditions):
             for k in range(1, valid[i] + 1):
-                rows.append(
-                    {
-                        "condition": c,
-                        "method": method,
-                        "k": k,
-                        "overlap_before": before[i, k - 1],
-                        "overlap_after": after[i, k - 1],
-                        "overlap_random_mean": rand_mean[i, k - 1],
-                        "overlap_random_sd": rand_sd[i, k - 1],
-                        "overlap_shuffled": shuffled[i, k - 1],
-                        "overlap_shuffled_sd": shuffled_sd[i, k - 1],
-                        "map_r2_test": r2,
-                        "n_train_neutral": n,
-                    }
-                )
+                row = {
+                    "measure": OVERLAP,
+                    "condition": c,
+                    "method": method,
+                    "k": k,
+                    "overlap_before": before[i, k - 1],
+                    "overlap_after": after[i, k - 1],
+                    "overlap_random_mean": rand_mean[i, k - 1],
+                    "overlap_random_sd": rand_sd[i, k - 1],
+                }
+                for name, column in _NULL_KEYS:
+                    null = nulls[name]
+                    tested = k in ks_null
+                    row[column] = null["mean"][i, k - 1] if tested else np.nan
+                    row[f"{column}_sd"] = null["sd"][i, k - 1] if tested else np.nan
+                    row[f"n_{name}"] = int(null["n"][i, k - 1]) if tested else 0
+                    row[f"n_{name}_ge"] = null["ge"][i, k - 1] if tested else np.nan
+                row.update({"map_r2_test": r2, "n_train_neutral": n})
+                rows.append(row)
+    return rows
+
+
+def emotion_permutations(rows: Labelled, config: AlignmentConfig) -> list[np.ndarray]:
+    """The seeded label permutations of the train rows: emotional rows among themselves
+    within frames, baseline rows fixed (:func:`~.nulls.label_permutations`)."""
+    train = rows.train
+    fixed = rows.labels[train] == rows.baseline
+    return label_permutations(rows.blocks[train], config.n_label_permutations, config.seed, fixed)
+
+
+def similarity_pair(
+    a: Side, b: Side, config: AlignmentConfig, perms: Sequence[np.ndarray] | None = None
+) -> list[dict]:
+    """The similarity measures of ``config.similarity`` between the two sides' test-split
+    rows of every label (paired by sample), each against shuffled pairings (``perms``,
+    default ``config.n_shuffles`` seeded ones): one row per measure."""
+    if a.labelled is None or b.labelled is None:
+        raise ValueError("the similarity measures need the test rows of every label")
+    _same_rows(a, b)
+    x_a, x_b = a.labelled.held_out(), b.labelled.held_out()
+    if perms is None:
+        perms = pairing_permutations(len(x_a), config.n_shuffles, config.seed)
+    rows = []
+    for measure in config.similarity:
+        value, draws = similarity_null(measure, x_a, x_b, perms, config.knn_k)
+        null = null_counts(draws, np.asarray(value))
+        rows.append(
+            {
+                "measure": measure,
+                "condition": ALL_CONDITIONS,
+                "method": "",
+                "k": 0,
+                "similarity": value,
+                "similarity_shuffled": float(null["mean"]),
+                "similarity_shuffled_sd": float(null["sd"]),
+                "n_shuffled": int(null["n"]),
+                "n_shuffled_ge": float(null["ge"]),
+                "n_test": len(x_a),
+            }
+        )
     return rows
 
 
@@ -217,121 +271,37 @@ def matched_pairs(
 
 
 # ---------------------------------------------------------------- whole table
-@dataclass
-class ModelInputs:
-    """Everything the table needs from one model: neutral train/test rows (in a common sample
-    order) and emotion subspaces per (hook, position).
-
-    neutral_train / neutral_test: {(hook, position): [n, d]};
-    subspaces: {(hook, position): {condition: [K, d]}}.
-    """
-
-    name: str
-    n_layers: int
-    neutral_train: dict[tuple[str, str], np.ndarray]
-    neutral_test: dict[tuple[str, str], np.ndarray]
-    subspaces: dict[tuple[str, str], dict[str, np.ndarray]]
-
-    def layers(self, site: str, position: str) -> list[int]:
-        return sorted(
-            store.parse_hook_name(h)[0]
-            for h, p in self.neutral_train
-            if p == position and store.parse_hook_name(h)[1] == site and (h, p) in self.subspaces
-        )
-
-    def side(self, hook: str, position: str, cache: dict) -> Side:
-        key = (self.name, hook, position)
-        if key not in cache:
-            cache[key] = Side(
-                self.neutral_train[hook, position],
-                self.neutral_test[hook, position],
-                self.subspaces[hook, position],
-            )
-        return cache[key]
-
-
-def read_model_inputs(
-    activations: str | Path,
-    vectors: str | Path,
-    baseline: str,
-    positions: Iterable[str],
-    sites: Iterable[str],
-    sample_order: np.ndarray | None = None,
-    model: str | None = None,
-) -> tuple[ModelInputs, np.ndarray]:
-    """Load one model's neutral activations (float64) and emotion subspaces from its stores.
-
-    Rows are sorted by sample id, or put in ``sample_order`` (the other model's ids, to pair
-    rows); returns the inputs and the neutral sample ids in that order. ``model`` names the
-    model (default: the activation store's ``model`` attribute).
-    """
-    with warnings.catch_warnings():
-        # manifest.json and Snakemake's timestamp sit beside the Zarr nodes of a store.
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
-        return _read_model_inputs(
-            activations, vectors, baseline, positions, sites, sample_order, model
-        )
-
-
-def _read_model_inputs(activations, vectors, baseline, positions, sites, sample_order, model):
-    positions, sites = list(positions), list(sites)
-    coords = store.read_sample_coords(activations)
-    ids, labels, split = coords["sample"].astype(str), coords["label"], coords["split"]
-    neutral = labels == baseline
-    if not neutral.any():
-        raise ValueError(f"{activations}: no samples with the baseline label {baseline!r}")
-    if sample_order is None:
-        sample_order = np.sort(ids[neutral])
-    index = {sid: i for i, sid in enumerate(ids)}
-    missing = [sid for sid in sample_order if sid not in index]
-    if missing:
-        raise ValueError(
-            f"{activations}: {len(missing)} neutral samples of the other model are missing "
-            f"(e.g. {missing[0]!r}); both activation stores must come from the same dataset"
-        )
-    rows = np.array([index[sid] for sid in sample_order])
-    if not (neutral[rows].all() and len(rows) == neutral.sum()):
-        raise ValueError(f"{activations}: neutral samples differ from the other model's")
-    train_rows, test_rows = rows[split[rows] == "train"], rows[split[rows] == "test"]
-
-    store_positions = list(store.read_array(activations, "position"))
-    vec_hooks = [str(h) for h in store.read_array(vectors, "hook")]
-    vec_positions = [str(p) for p in store.read_array(vectors, "position")]
-    conditions = [str(c) for c in store.read_array(vectors, "condition")]
-    subspace = store.read_array(vectors, "subspace").astype(np.float64)  # [h, p, c, K, d]
-    hooks = [h for h in store.activation_hooks(activations, sites) if h in vec_hooks]
-    train, test, subs = {}, {}, {}
-    for hook in hooks:
-        acts = store.read_array(activations, hook)  # [sample, position, d]
-        for pos in positions:
-            if pos not in store_positions or pos not in vec_positions:
-                raise ValueError(f"{activations}: no position {pos!r} (have {store_positions})")
-            x = acts[:, store_positions.index(pos)].astype(np.float64)
-            train[hook, pos], test[hook, pos] = x[train_rows], x[test_rows]
-            h, p = vec_hooks.index(hook), vec_positions.index(pos)
-            subs[hook, pos] = {c: subspace[h, p, j] for j, c in enumerate(conditions)}
-    attrs = store.open_dataset(activations).attrs
-    n_layers = int(attrs.get("n_layers", 0)) or 1 + max(store.parse_hook_name(h)[0] for h in hooks)
-    model = model or str(attrs.get("model", Path(activations).stem))
-    return ModelInputs(model, n_layers, train, test, subs), np.asarray(sample_order)
-
-
 def alignment_table(
     a: ModelInputs,
     b: ModelInputs,
     config: AlignmentConfig,
     dataset: str,
     log: Callable[[str], None] | None = None,
+    null_ks: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The tidy table (:data:`COLUMNS`) for one model pair.
 
     For every site in ``config.sites`` and position in ``config.positions``: the layer pairs at
     matched relative depth, plus the full layer x layer grid where the site is in
     ``grid_sites`` and the position in ``grid_positions``. Each map is fit once per
-    (layer_a, layer_b, site, position) and reused across emotions and k.
+    (layer_a, layer_b, site, position) and reused across emotions and k. Matched pairs get
+    the nulls (for the k in ``null_ks``, the ones the statistics test; None: every k) and
+    the similarity rows; grid pairs are descriptive. Pairs whose activations and subspaces are
+    equal (resid_post L is resid_pre L + 1) are computed once.
     """
-    rows = []
+    if not (np.array_equal(a.labels, b.labels) and np.array_equal(a.split, b.split)):
+        raise ValueError(
+            f"{a.name} and {b.name}: samples differ in label or split; read both with "
+            "read_model_inputs, the second with sample_order = the first's ids"
+        )
+    train = a.split == "train"
+    label_perms = label_permutations(
+        a.blocks[train], config.n_label_permutations, config.seed, a.neutral[train]
+    )
+    pairing = pairing_permutations(int((a.split == "test").sum()), config.n_shuffles, config.seed)
+    rows, done = [], {}
     cache: dict = {}
+    null_cache = NullCache()
     perms_by_n: dict[int, list[np.ndarray]] = {}
     bases = None
     for site in config.sites:
@@ -346,14 +316,22 @@ def alignment_table(
                 pairs = sorted(matched)
             start = time.perf_counter()
             for la, lb in pairs:
-                hook_a, hook_b = f"blocks.{la}.{site}", f"blocks.{lb}.{site}"
-                side_a = a.side(hook_a, position, cache)
-                side_b = b.side(hook_b, position, cache)
+                side_a = a.side(f"blocks.{la}.{site}", position, cache)
+                side_b = b.side(f"blocks.{lb}.{site}", position, cache)
                 n, d_b = len(side_a.train), side_b.train.shape[1]
                 if n not in perms_by_n:
                     perms_by_n[n] = shuffle_permutations(n, config.n_shuffles, config.seed)
                 if bases is None or bases.shape[1] != d_b:
                     bases = random_bases(d_b, config.k_max, config.n_random, config.seed)
+                is_matched = (la, lb) in matched
+                key = (side_a.key(), side_b.key(), is_matched)
+                if key not in done:
+                    ks = null_ks if is_matched else ()
+                    done[key] = align_pair(
+                        side_a, side_b, config, perms_by_n[n], bases, ks, label_perms, null_cache
+                    )
+                    if is_matched and config.similarity:
+                        done[key] += similarity_pair(side_a, side_b, config, pairing)
                 common = {
                     "dataset": dataset,
                     "model_a": a.name,
@@ -362,15 +340,17 @@ def alignment_table(
                     "layer_b": lb,
                     "relative_depth_a": float(relative_depth(la, site, a.n_layers)),
                     "relative_depth_b": float(relative_depth(lb, site, b.n_layers)),
-                    "matched_depth": (la, lb) in matched,
+                    "matched_depth": is_matched,
                     "site": site,
                     "position": position,
                 }
-                for row in align_pair(side_a, side_b, config, perms_by_n[n], bases):
-                    rows.append({**common, **row})
+                rows += [{**common, **row} for row in done[key]]
             if log is not None:
                 log(
                     f"{site} {position}: {len(pairs)} layer pairs "
                     f"({len(matched)} matched) in {time.perf_counter() - start:.1f}s"
                 )
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    for col in ("n_shuffled", "n_permuted", "n_train_neutral", "n_test"):
+        table[col] = table[col].fillna(0).astype(int)
+    return table

@@ -58,48 +58,54 @@ def matched_unit(
     x: Float[np.ndarray, "n d"],
     target: Float[np.ndarray, " d"],
     generator: np.random.Generator,
-    max_power: int = 8,
+    max_power: float = 32.0,
 ) -> Float[np.ndarray, " d"]:
     """A random unit direction that carries the same variance of ``x`` as ``target`` does.
 
     The control for a direction that lives on high-variance axes: a uniform direction of R^d
-    carries about 1/d of the variance, so beating it is guaranteed. Draw ``g`` from the
-    activation covariance (``x.T @ z``, ``z`` Gaussian; raised to higher powers of the
-    covariance while ``g`` carries less variance than ``target``), then rotate it towards an
-    isotropic direction orthogonal to it until its projected variance equals ``target``'s
-    (bisection on the angle). ``x`` [n, d] are the activations the variance is measured on
-    (centred here); ``target`` need not be unit.
+    carries about 1/d of the variance, so beating it is guaranteed. The draw is a Gaussian
+    ``z`` weighted on the principal axes of ``x`` by ``s**p`` (``s`` the singular values:
+    ``p = 1`` is a draw from the activation covariance, ``p = 0`` an isotropic draw within
+    the data's span, larger ``p`` leans on the top axes), with ``p`` found by bisection so
+    that its projected variance equals ``target``'s. The direction keeps the covariance's
+    smooth profile over the axes instead of mixing in an isotropic tail that would carry it
+    off the activation distribution. A target below every such draw (possible only when
+    ``x`` spans fewer than ``d`` dimensions) is met by mixing in the data's null space.
+    ``x`` [n, d] are the activations the variance is measured on (centred here); ``target``
+    need not be unit.
     """
     xc = np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0)
     want = _variance(xc, np.asarray(target, np.float64) / np.linalg.norm(target))
-    z = generator.standard_normal(len(xc))
-    g = xc.T @ z
-    for _ in range(max_power):
-        u = g / np.linalg.norm(g)
-        if _variance(xc, u) >= want:
-            break
-        g = xc.T @ (xc @ u)  # one more power of the covariance
-    else:
-        u = np.linalg.svd(xc, full_matrices=False)[2][0]
-    r = generator.standard_normal(xc.shape[1])
-    r -= (r @ u) * u
-    r /= np.linalg.norm(r)
-    if _variance(xc, r) > want:  # ``target`` carries less than an isotropic direction
-        _, s, vt = np.linalg.svd(xc, full_matrices=True)
-        low = vt[(s > s.max() * 1e-10).sum() :] if len(vt) > len(s) else vt[-1:]
-        r = low.T @ generator.standard_normal(len(low))  # (near) null space of the data
-        r -= (r @ u) * u
-        r /= np.linalg.norm(r)
-    lo, hi = 0.0, np.pi / 2  # variance(lo) >= want >= variance(hi): bisect on the angle
-    for _ in range(60):
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    keep = s > s.max() * 1e-10
+    s, vt = s[keep], vt[keep]
+    z = generator.standard_normal(xc.shape[1])
+    c = vt @ z
+    denom = max(len(xc) - 1, 1)
+
+    def direction(p: float) -> np.ndarray:
+        u = vt.T @ ((s / s.max()) ** p * c)
+        return u / np.linalg.norm(u)
+
+    lo, hi = -max_power, max_power
+    if _variance(xc, direction(hi)) < want:  # at the top axis already
+        return direction(hi)
+    if _variance(xc, direction(lo)) > want:  # below the span's floor: mix in the null space
+        u = direction(lo)
+        null = z - vt.T @ c
+        if np.linalg.norm(null) < 1e-12:
+            return u
+        null /= np.linalg.norm(null)
+        theta = np.arccos(np.sqrt(want / (_variance(xc, u) or 1.0)))
+        w = np.cos(theta) * u + np.sin(theta) * null
+        return w / np.linalg.norm(w)
+    for _ in range(80):
         mid = (lo + hi) / 2
-        w = np.cos(mid) * u + np.sin(mid) * r
-        if _variance(xc, w) > want:
-            lo = mid
-        else:
+        if ((xc @ direction(mid)) ** 2).sum() / denom > want:
             hi = mid
-    w = np.cos(lo) * u + np.sin(lo) * r
-    return w / np.linalg.norm(w)
+        else:
+            lo = mid
+    return direction((lo + hi) / 2)
 
 
 def matched_basis(

@@ -3,6 +3,9 @@
 Sources (JSON lines):
 - prompts: ``{"text", "label", "trigger", "span": [start, end], "genre"}``
 - frames: ``{"frame_id", "genre", "template" (one "{phrase}"), "phrases": {label: phrase}}``
+
+A permuted-label copy (:func:`permute_labels`, the calibration's null) keeps texts, ids and
+splits and shuffles labels within each frame and among the free prompts of each split.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from sklearn.model_selection import train_test_split
 
 from circuitflow.core.errors import CircuitflowError
@@ -179,14 +183,39 @@ def split_rows(rows: list[dict], test_fraction: float, seed: int) -> list[str]:
     return splits
 
 
+def permute_labels(rows: Sequence[dict], seed: int) -> list[dict]:
+    """A copy of built ``rows`` whose labels are permuted (seeded), everything else kept.
+
+    The labels of a frame's counterfactual variants are permuted among themselves (each frame
+    still has one variant per label, so counterfactual pairs stay within a frame), and the free
+    prompts' labels among the free prompts of the same split (so each split keeps its label
+    counts). Sample ids, texts, spans and splits are unchanged: the activations of a sample
+    are those of the real dataset, only its label differs.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, row in enumerate(rows):
+        key = ("frame", row["frame_id"]) if row["frame_id"] else ("free", row["split"])
+        groups.setdefault(key, []).append(i)
+    rng = np.random.default_rng(seed)
+    labels = [row["label"] for row in rows]
+    for key in sorted(groups):
+        members = groups[key]
+        for i, j in zip(members, rng.permutation(members), strict=True):
+            labels[i] = rows[j]["label"]
+    return [{**row, "label": label} for row, label in zip(rows, labels, strict=True)]
+
+
 def build_prompt_dataset(
     prompts: str | Path | None,
     frames: str | Path | None,
     labels: Sequence[str],
     test_fraction: float,
     seed: int,
+    permute_seed: int | None = None,
 ) -> list[dict]:
-    """Validated, split rows with stable sample ids (``p00001``, ``f001.anger``)."""
+    """Validated, split rows with stable sample ids (``p00001``, ``f001.anger``); with
+    ``permute_seed``, the same rows with permuted labels (:func:`permute_labels`; the split
+    is the real labels' split)."""
     rows = []
     if prompts:
         rows += load_prompts(prompts, labels)
@@ -209,7 +238,7 @@ def build_prompt_dataset(
             n_free += 1
             sample_id = f"p{n_free:05d}"
         out.append({"sample_id": sample_id, **row, "split": split})
-    return out
+    return out if permute_seed is None else permute_labels(out, permute_seed)
 
 
 def label_counts(rows: Sequence[dict]) -> dict[str, dict[str, int]]:

@@ -10,7 +10,7 @@ e.g. a RoBERTa sentiment or GoEmotions model) plugs into the same interface thro
 - ``politeness`` (:mod:`.politeness`): politeness strategies after Danescu-Niculescu-Mizil et
   al. (2013) plus gratitude / apology / anger marker counts;
 - ``fluency``    (:mod:`.fluency`): perplexity under the unsteered model, repetition rate,
-  distinct-2;
+  distinct-2, empty generations (never NaN: an empty generation scores as the worst case);
 - hub classifiers (:mod:`.hub`): class probabilities of a local classifier folder.
 """
 
@@ -56,9 +56,15 @@ def build_evaluators(
     hub_classifiers: Mapping[str, str] | None = None,
     batch_size: int = 32,
     device: str = "cpu",
+    options: Mapping[str, Mapping] | None = None,
 ) -> list[Evaluator]:
     """Instantiate evaluators by name (``fluency`` needs the unsteered ``bridge``), then one
-    hub classifier per ``{name: folder}`` entry."""
+    hub classifier per ``{name: folder}`` entry. ``options``: extra keyword arguments per
+    evaluator name, e.g. ``{"fluency": {"perplexity_cap": 1000.0}}``."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise EvaluatorError(f"evaluator options for {unknown}, which are not in {list(names)}")
     out: list[Evaluator] = []
     for name in names:
         if name not in REGISTRY:
@@ -69,9 +75,9 @@ def build_evaluators(
         if name in NEEDS_MODEL:
             if bridge is None:
                 raise EvaluatorError(f"evaluator {name!r} needs the unsteered model (bridge=...)")
-            out.append(REGISTRY[name](bridge, batch_size=batch_size))
+            out.append(REGISTRY[name](bridge, batch_size=batch_size, **options.get(name, {})))
         else:
-            out.append(REGISTRY[name]())
+            out.append(REGISTRY[name](**options.get(name, {})))
     for name, folder in (hub_classifiers or {}).items():
         out.append(HubClassifier(name, folder, batch_size=batch_size, device=device))
     columns = [c for e in out for c in e.columns]

@@ -1,14 +1,21 @@
-"""Fluency: perplexity of the generation under the unsteered model, repetition, distinct-2.
+"""Fluency: perplexity under the unsteered model, repetition, distinct-2, empty generations.
 
+- ``empty_generation``: 1 if the continuation is empty after EOS truncation (no tokens, or
+  only tokens that decode to nothing / whitespace), else 0.
 - ``perplexity``: exp(mean negative log-likelihood of the generated tokens given the prompt)
-  under the unsteered model (no hooks attached), one batched forward per group of rows;
-  NaN for an empty generation.
+  under the unsteered model (no hooks attached), one batched forward per group of rows. An
+  empty generation is the worst case: ``perplexity_cap`` when configured (which then also caps
+  every other value), else the largest perplexity of the run (the vocabulary size, a uniform
+  guess, when every generation of the run is empty).
 - ``repetition_rate``: share of word tokens that repeat an earlier word of the same text,
-  1 - unique / total (NaN without words).
-- ``distinct_2``: unique word bigrams / word bigrams (NaN with fewer than two words).
+  1 - unique / total; 1 (worst case) without words.
+- ``distinct_2``: unique word bigrams / word bigrams; 0 (worst case) with fewer than two
+  words, so a one-"word" run such as "1111111111111111" does not read as diverse.
 
-Words are :func:`circuitflow.evaluators.base.words` (lower-cased), so the last two do not depend
-on the model's tokenizer.
+No fluency value is NaN: an empty or degenerate generation scores as the least fluent one, so
+it stays in the comparison instead of dropping out of it. Words are
+:func:`circuitflow.evaluators.base.words` (lower-cased), so the last two do not depend on the
+model's tokenizer.
 """
 
 from __future__ import annotations
@@ -26,19 +33,45 @@ LOGITS_BUDGET = 64_000_000  # floats of logits per forward (256 MB in float32)
 
 
 def repetition_rate(text: str) -> float:
+    """1 - unique words / words; 1 (worst case) for a text without words."""
     w = words(text)
-    return 1.0 - len(set(w)) / len(w) if w else float("nan")
+    return 1.0 - len(set(w)) / len(w) if w else 1.0
 
 
 def distinct_n(text: str, n: int = 2) -> float:
+    """Unique word n-grams / word n-grams; 0 (worst case) for fewer than ``n`` words."""
     w = words(text)
     grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else float("nan")
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def is_empty(item: Item) -> bool:
+    """An empty continuation: no tokens after EOS truncation, or nothing visible decoded."""
+    return not item.tokens or not item.text.strip()
+
+
+def worst_case_perplexity(
+    values: np.ndarray, empty: np.ndarray, cap: float | None, vocab: int
+) -> np.ndarray:
+    """``values`` with empty generations set to the worst case: ``cap`` (which also clips
+    every value) or else the largest finite perplexity of the non-empty ones (``vocab``, the
+    perplexity of a uniform guess, when there is none)."""
+    out = np.asarray(values, dtype=np.float64).copy()
+    empty = np.asarray(empty, dtype=bool)
+    if cap is not None:
+        out = np.minimum(out, cap)
+        worst = float(cap)
+    else:
+        finite = out[~empty & np.isfinite(out)]
+        worst = float(finite.max()) if len(finite) else float(vocab)
+    out[empty | ~np.isfinite(out)] = worst
+    return out
 
 
 @torch.no_grad()
 def perplexities(bridge, items: Sequence[Item], batch_size: int = 32) -> np.ndarray:
-    """Per-item perplexity of ``tokens`` given ``prompt_ids`` under ``bridge`` (unsteered).
+    """Per-item perplexity of ``tokens`` given ``prompt_ids`` under ``bridge`` (unsteered);
+    NaN for an item without tokens (:class:`FluencyEvaluator` gives those the worst case).
 
     Items that share a prompt share its forward pass: each distinct prompt runs once
     (left-padded), its KV cache is copied to every item, then the generated tokens run
@@ -89,15 +122,28 @@ def perplexities(bridge, items: Sequence[Item], batch_size: int = 32) -> np.ndar
 class FluencyEvaluator:
     name = "fluency"
     needs_model = True
-    columns = ["perplexity", "repetition_rate", "distinct_2"]
+    columns = ["perplexity", "repetition_rate", "distinct_2", "empty_generation"]
 
-    def __init__(self, bridge, batch_size: int = 32):
+    def __init__(self, bridge, batch_size: int = 32, perplexity_cap: float | None = None):
+        if perplexity_cap is not None and not perplexity_cap > 1:
+            raise ValueError(
+                f"steering.perplexity_cap: must be > 1 (a perplexity), got {perplexity_cap}"
+            )
         self.bridge = bridge
         self.batch_size = batch_size
+        self.perplexity_cap = perplexity_cap
 
     def score(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
+        """Scores of one run: the worst-case perplexity of empty generations is taken over
+        ``items``, so score every generation of a run in one call."""
+        empty = np.array([is_empty(it) for it in items], dtype=bool)
+        ppl = perplexities(self.bridge, items, self.batch_size)
         return {
-            "perplexity": perplexities(self.bridge, items, self.batch_size),
+            "perplexity": worst_case_perplexity(
+                ppl, empty, self.perplexity_cap, self.bridge.cfg.d_vocab
+            ),
+            # an empty text has no words: worst case 1 and 0
             "repetition_rate": np.array([repetition_rate(it.text) for it in items]),
             "distinct_2": np.array([distinct_n(it.text, 2) for it in items]),
+            "empty_generation": empty.astype(np.float64),
         }

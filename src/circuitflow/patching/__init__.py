@@ -1,7 +1,8 @@
 """Patching phase: activation patching on counterfactual frames, attention-head patching and
 ablation, and directional ablation of emotion directions (the test of Tigges et al. 2023,
 "Linear Representations of Sentiment in Large Language Models") for text models
-(:mod:`.engine`, :mod:`.residual`, :mod:`.heads`, :mod:`.ablation`, :mod:`.run`; per-unit
+(:mod:`.engine`, :mod:`.residual`, :mod:`.heads`, :mod:`.ablation`, its train-split controls
+in :mod:`.controls`, :mod:`.run`; per-unit
 results for the statistics phase in :mod:`.measurements`), and
 patching of image counterfactuals for vision models (:mod:`.vision`).
 """
@@ -9,7 +10,6 @@ patching of image counterfactuals for vision models (:mod:`.vision`).
 from circuitflow.patching.ablation import (
     Ablation,
     Probe,
-    ablation_set,
     accuracy_lost,
     directional_ablation,
     pool_weights,
@@ -17,9 +17,19 @@ from circuitflow.patching.ablation import (
     run_final,
     summarize,
 )
+from circuitflow.patching.controls import (
+    TrainStats,
+    ablation_set,
+    control_variances,
+    moment_rows,
+    record_train_stats,
+    shuffled_mean_diff,
+)
 from circuitflow.patching.engine import (
+    ABLATION_CONTROLS,
     ABLATION_MODES,
     ABLATIONS,
+    DIRECTION_CONTRASTS,
     DIRECTIONS,
     HEAD_SITE,
     POSITION_SETS,
@@ -41,6 +51,8 @@ from circuitflow.patching.heads import (
     rank_heads,
 )
 from circuitflow.patching.measurements import (
+    ABLATION_CONTROL_GROUPS,
+    ABLATION_METRICS,
     HEAD_METRICS,
     RECOVERY_REFERENCE,
     directional_ablation_measurements,
@@ -58,6 +70,8 @@ from circuitflow.patching.residual import (
     patch_residual,
 )
 from circuitflow.patching.run import (
+    pick_samples,
+    read_vectors,
     run_text_patching,
 )
 from circuitflow.patching.vision import (
@@ -74,6 +88,17 @@ from circuitflow.patching.vision import (
 )
 
 __all__ = [
+    "ABLATION_CONTROLS",
+    "ABLATION_CONTROL_GROUPS",
+    "ABLATION_METRICS",
+    "DIRECTION_CONTRASTS",
+    "TrainStats",
+    "control_variances",
+    "moment_rows",
+    "pick_samples",
+    "read_vectors",
+    "record_train_stats",
+    "shuffled_mean_diff",
     "HEAD_METRICS",
     "RECOVERY_REFERENCE",
     "directional_ablation_measurements",

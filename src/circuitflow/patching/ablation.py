@@ -1,6 +1,7 @@
 """Directional ablation of emotion directions (Tigges et al. 2023): project a direction, its
-PCA subspace or random controls out of ``hook_resid_pre`` and read a final-layer probe and the
-lean; plus the run's key figures and the above-chance accuracy lost."""
+PCA subspace or a control (:mod:`.controls`) out of ``hook_resid_pre`` and read the lean and a
+final-layer probe, both the one fit on unablated train features (fixed) and one refit on train
+features ablated the same way; plus the run's key figures and the above-chance accuracy lost."""
 
 from __future__ import annotations
 
@@ -18,11 +19,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from circuitflow import store
-from circuitflow.core import rand
 from circuitflow.core.errors import ConfigError
 from circuitflow.core.tokens import Tokenized, right_pad
 from circuitflow.patching.engine import (
-    ABLATION_MODES,
     DIRECTIONS,
     POSITION_SETS,
     MetricTokens,
@@ -94,46 +93,14 @@ class Probe:
 
 @dataclass(frozen=True)
 class Ablation:
-    """One projection applied at the chosen layers: ``bases [n_layers_ablated, k, d]``."""
+    """One projection applied at the chosen layers: ``bases [n_layers_ablated, k, d]``;
+    ``refit``: the probe is also refit on train samples ablated the same way."""
 
     name: str
     k: int
     seed: int
     bases: np.ndarray
-
-
-def ablation_set(
-    directions: Mapping[int, np.ndarray],
-    subspaces: Mapping[int, np.ndarray],
-    layers: Sequence[int],
-    k: int,
-    n_random: int,
-    d_model: int,
-    seed: int,
-) -> list[Ablation]:
-    """The emotion direction, its k-dim subspace, and random controls of dimension 1 and k."""
-    out = [
-        Ablation(
-            "direction",
-            1,
-            -1,
-            np.stack([rand.orthonormal_rows(directions[i][None], 1) for i in layers]),
-        ),
-        Ablation(
-            "subspace",
-            k,
-            -1,
-            np.stack([rand.orthonormal_rows(subspaces[i][:k], k) for i in layers]),
-        ),
-    ]
-    for r in range(n_random):
-        for name, dim, seed_r in (
-            ("random_direction", 1, seed + r),
-            ("random_subspace", k, seed + 1000 + r),
-        ):
-            bases = rand.random_bases(rand.rng(seed_r), len(layers), d_model, dim)
-            out.append(Ablation(name, dim, r, bases.transpose(0, 2, 1)))
-    return out
+    refit: bool = False
 
 
 def run_final(
@@ -182,6 +149,10 @@ def run_final(
     return patcher.pooled.cpu().numpy(), logits.cpu().numpy()
 
 
+def _can_refit(y: np.ndarray) -> bool:
+    return len(y) > 0 and min(int(y.sum()), int(len(y) - y.sum())) >= 2
+
+
 def directional_ablation(
     patcher: Patcher,
     samples: Sequence[dict],
@@ -196,92 +167,133 @@ def directional_ablation(
     tokenizer,
     batch_size: int = 64,
     progress=None,
-    mode: str = "mean",
+    centers: Mapping[int, np.ndarray] | None = None,
+    refit: tuple[Sequence[dict], np.ndarray] | None = None,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per test sample x condition x ablation x position set: probe probability of the
-    condition and lean, beside the unablated baseline (rows with ``ablation == "none"``).
+    """Per test sample x condition x ablation x position set: the fixed probe's probability
+    of the condition (``probe_p``), the refit probe's (``probe_p_refit``) and the lean, beside
+    the unablated baseline (rows with ``ablation == "none"``).
 
-    ``mode="mean"`` sets the ablated component to its mean over the samples' tokens (BOS
-    excluded) at each layer; ``"zero"`` projects it out. Returns the table and the unablated
-    pooled features (for checks)."""
-    if mode not in ABLATION_MODES:
-        raise PatchingError(f"patching.ablation_mode: {mode!r} not in {', '.join(ABLATION_MODES)}")
+    ``centers`` {layer: [d]}: the train split's token means; the ablated component is set to
+    the centre's (mean ablation). ``None``: it is projected out (zero ablation).
+    ``refit`` = (train samples, their unablated final-layer features): for every ablation with
+    ``refit``, a probe is fit per condition x ablation x position set on the train samples
+    ablated the same way and read on the ablated test samples (Tigges et al. 2023: an ablation
+    that removes the information also defeats the refit probe; one that only moves features
+    off the fixed probe's distribution does not); ``probe_p_refit_base``: refit on the
+    unablated train features, read on the unablated test samples. Conditions with fewer than
+    2 train samples of a class, and ``refit=None``, give NaN. Returns the table and the
+    unablated test features (for checks)."""
     cond_index = {c: i for i, c in enumerate(metric.conditions)}
     order = sorted(range(len(samples)), key=lambda i: (len(toks[samples[i]["sample_id"]].ids), i))
     feats = np.zeros((len(samples), patcher.d_model))
     leans_base = np.zeros((len(samples), len(metric.conditions)))
-    # mean ablation: the unablated residual's token mean at each ablated layer
-    mean_layers = tuple(layers) if mode == "mean" else ()
-    sums = {layer: torch.zeros(patcher.d_model, dtype=torch.float64) for layer in mean_layers}
-    n_tok = 0
     for chunk in chunks(order, batch_size):
         ts = [toks[samples[i]["sample_id"]] for i in chunk]
-        f, lg = run_final(patcher, ts, pad_id, probe_position, record=mean_layers)
+        f, lg = run_final(patcher, ts, pad_id, probe_position)
         feats[chunk] = f
         leans_base[chunk] = lean(lg, metric)
-        valid = torch.zeros(len(ts), max(len(t.ids) for t in ts))
-        for row, t in enumerate(ts):
-            valid[row, t.first : len(t.ids)] = 1
-        n_tok += int(valid.sum())
-        for layer in mean_layers:
-            x = patcher.recorded[("resid", layer)].cpu().double()
-            sums[layer] += torch.einsum("bt,btd->d", valid.double(), x)
-    centers = None
-    if mode == "mean":
-        centers = {layer: (sums[layer] / max(n_tok, 1)).float().numpy() for layer in layers}
+    train, train_feats = refit if refit is not None else ([], np.zeros((0, patcher.d_model)))
+    rows_of = {"test": samples, "train": train}
     out = []
     for c, abls in ablations.items():
         ci = cond_index[c]
         members = [i for i, r in enumerate(samples) if r["label"] in (c, metric.baseline)]
+        tmembers = [j for j, r in enumerate(train) if r["label"] in (c, metric.baseline)]
+        y_train = np.array([int(train[j]["label"] == c) for j in tmembers], dtype=int)
+        can_refit = _can_refit(y_train)
         prob_base = probes[c].prob(feats[members])
+        refit_base = np.full(len(members), np.nan)
+        if can_refit:
+            probe = Probe.fit(train_feats[tmembers], y_train, seed)
+            refit_base = probe.prob(feats[members])
         base = {}
         for j, i in enumerate(members):
             r = samples[i]
-            y = int(r["label"] == c)
-            base[i] = (prob_base[j], leans_base[i, ci])
-            out.append(_ablation_row(r, c, y, "none", 0, -1, "none", 0, *base[i], *base[i]))
-        jobs = [(i, a, kind) for a in range(len(abls)) for kind in position_sets for i in members]
-        jobs.sort(key=lambda j: len(toks[samples[j[0]]["sample_id"]].ids))
-        for chunk in chunks(jobs, batch_size):
-            ts = [toks[samples[i]["sample_id"]] for i, _, _ in chunk]
-            masks = [
-                position_mask(tokenizer, t, kind) for t, (_, _, kind) in zip(ts, chunk, strict=True)
+            base[i] = (prob_base[j], leans_base[i, ci], refit_base[j])
+            out.append(_ablation_row(r, c, "none", 0, -1, "none", 0, *base[i], *base[i]))
+        jobs = [
+            ("test", i, a, kind)
+            for a in range(len(abls))
+            for kind in position_sets
+            for i in members
+        ]
+        if can_refit:
+            jobs += [
+                ("train", j, a, kind)
+                for a in range(len(abls))
+                if abls[a].refit
+                for kind in position_sets
+                for j in tmembers
             ]
+        jobs.sort(key=lambda j: len(toks[rows_of[j[0]][j[1]]["sample_id"]].ids))
+        if progress is not None:
+            progress.total = (progress.total or 0) + len(jobs)
+            progress.refresh()
+        got = {}
+        for chunk in chunks(jobs, batch_size):
+            ts = [toks[rows_of[role][i]["sample_id"]] for role, i, _, _ in chunk]
+            masks = [position_mask(tokenizer, t, job[3]) for t, job in zip(ts, chunk, strict=True)]
             f, lg = run_final(
                 patcher,
                 ts,
                 pad_id,
                 probe_position,
                 layers,
-                [abls[a].bases for _, a, _ in chunk],
+                [abls[job[2]].bases for job in chunk],
                 masks,
                 centers,
             )
-            probs = probes[c].prob(f)
-            leans_ = lean(lg, metric)[:, ci]
-            for (i, a, kind), m, p, v in zip(chunk, masks, probs, leans_, strict=True):
-                r, abl = samples[i], abls[a]
-                out.append(
-                    _ablation_row(
-                        r,
-                        c,
-                        int(r["label"] == c),
-                        abl.name,
-                        abl.k,
-                        abl.seed,
-                        kind,
-                        int(m.sum()),
-                        p,
-                        v,
-                        *base[i],
-                    )
-                )
+            for job, m, fi, v in zip(chunk, masks, f, lean(lg, metric)[:, ci], strict=True):
+                got[job] = (fi, float(v), int(m.sum()))
             if progress is not None:
                 progress.update(len(chunk))
+        refit_p: dict = {}
+        for a in range(len(abls)):
+            for kind in position_sets:
+                if not (can_refit and abls[a].refit):
+                    continue
+                X = np.stack([got["train", j, a, kind][0] for j in tmembers])
+                probe = Probe.fit(X, y_train, seed)
+                Xt = np.stack([got["test", i, a, kind][0] for i in members])
+                refit_p[a, kind] = dict(zip(members, probe.prob(Xt), strict=True))
+        fixed = {
+            (a, kind): dict(
+                zip(
+                    members,
+                    probes[c].prob(np.stack([got["test", i, a, kind][0] for i in members])),
+                    strict=True,
+                )
+            )
+            for a in range(len(abls))
+            for kind in position_sets
+        }
+        for a, abl in enumerate(abls):
+            for kind in position_sets:
+                for i in members:
+                    _, v, n_pos = got["test", i, a, kind]
+                    p_refit = refit_p.get((a, kind), {}).get(i, np.nan)
+                    out.append(
+                        _ablation_row(
+                            samples[i],
+                            c,
+                            abl.name,
+                            abl.k,
+                            abl.seed,
+                            kind,
+                            n_pos,
+                            fixed[a, kind][i],
+                            v,
+                            p_refit,
+                            *base[i],
+                        )
+                    )
     return pd.DataFrame(out), feats
 
 
-def _ablation_row(r, c, y, name, k, seed, kind, n_pos, prob, lean_, prob_base, lean_base):
+def _ablation_row(r, c, name, k, seed, kind, n_pos, prob, lean_, refit, prob_b, lean_b, refit_b):
+    y = r["label"] == c
     return {
         "sample_id": r["sample_id"],
         "label": r["label"],
@@ -294,21 +306,28 @@ def _ablation_row(r, c, y, name, k, seed, kind, n_pos, prob, lean_, prob_base, l
         "positions": kind,
         "n_ablated_positions": n_pos,
         "probe_p": float(prob),
-        "probe_correct": bool((prob >= 0.5) == bool(y)),
+        "probe_correct": bool((prob >= 0.5) == y),
+        "probe_p_refit": float(refit),
         "lean": float(lean_),
-        "probe_p_base": float(prob_base),
-        "probe_correct_base": bool((prob_base >= 0.5) == bool(y)),
-        "lean_base": float(lean_base),
-        "delta_lean": float(lean_ - lean_base),
+        "probe_p_base": float(prob_b),
+        "probe_correct_base": bool((prob_b >= 0.5) == y),
+        "probe_p_refit_base": float(refit_b),
+        "lean_base": float(lean_b),
+        "delta_lean": float(lean_ - lean_b),
     }
 
 
 # ---------------------------------------------------------------- summaries
 def summarize(
-    residual: pd.DataFrame, heads: pd.DataFrame, ranking: pd.DataFrame, ablation: pd.DataFrame
+    residual: pd.DataFrame,
+    heads: pd.DataFrame,
+    ranking: pd.DataFrame,
+    ablation: pd.DataFrame,
+    controls: pd.DataFrame | None = None,
 ) -> dict:
     """Key figures: best layer x position per condition, top heads, above-chance accuracy
-    lost under directional ablation against the random controls."""
+    lost under directional ablation against its controls, and the median ratio of the train
+    variance each control carries to the treatment's (``controls``: ablation_controls.csv)."""
     out: dict = {}
     if len(residual):
         ok = residual[~residual["small_denominator"]]
@@ -345,17 +364,26 @@ def summarize(
         ]
     if len(ablation):
         out["ablation"] = accuracy_lost(ablation).round(3).to_dict(orient="records")
+    if controls is not None and len(controls):
+        ratio = controls.groupby("ablation", sort=True)["variance_ratio"].median()
+        out["control_variance_ratio"] = {k: round(float(v), 4) for k, v in ratio.items()}
     return out
 
 
 def accuracy_lost(ablation: pd.DataFrame) -> pd.DataFrame:
     """Per condition x ablation x positions: probe accuracy and the fraction of the unablated
-    above-chance accuracy lost, ``(acc_base - acc) / (acc_base - 0.5)``, and the same for the
-    threshold-free AUROC of the probe probability and of the lean (condition vs baseline
-    samples); random controls are averaged over seeds."""
+    above-chance accuracy lost, ``(acc_base - acc) / (acc_base - 0.5)``, for the fixed and the
+    refit probe, and the same for the threshold-free AUROC of the probe probability and of the
+    lean (condition vs baseline samples); controls are averaged over seeds."""
 
     def auc(y, score):
+        ok = np.isfinite(score)
+        y, score = y[ok], score[ok]
         return roc_auc_score(y, score) if 0 < y.sum() < len(y) else np.nan
+
+    def acc(y, p):
+        ok = np.isfinite(p)
+        return float(((p[ok] >= 0.5) == y[ok].astype(bool)).mean()) if ok.any() else np.nan
 
     def lost(base, value):
         return (base - value) / (base - 0.5) if base > 0.5 else np.nan
@@ -371,10 +399,12 @@ def accuracy_lost(ablation: pd.DataFrame) -> pd.DataFrame:
                 {
                     "accuracy_base": s["probe_correct_base"].mean(),
                     "accuracy": s["probe_correct"].mean(),
-                    "auroc_probe_base": auc(y, s["probe_p_base"]),
-                    "auroc_probe": auc(y, s["probe_p"]),
-                    "auroc_lean_base": auc(y, s["lean_base"]),
-                    "auroc_lean": auc(y, s["lean"]),
+                    "auroc_probe_base": auc(y, s["probe_p_base"].to_numpy(float)),
+                    "auroc_probe": auc(y, s["probe_p"].to_numpy(float)),
+                    "accuracy_refit_base": acc(y, s["probe_p_refit_base"].to_numpy(float)),
+                    "accuracy_refit": acc(y, s["probe_p_refit"].to_numpy(float)),
+                    "auroc_lean_base": auc(y, s["lean_base"].to_numpy(float)),
+                    "auroc_lean": auc(y, s["lean"].to_numpy(float)),
                     "mean_delta_lean_condition": s.loc[s["is_condition"], "delta_lean"].mean(),
                 }
             )
@@ -388,6 +418,9 @@ def accuracy_lost(ablation: pd.DataFrame) -> pd.DataFrame:
                 "n_seeds": len(per_seed),
                 **m.to_dict(),
                 "fraction_above_chance_lost": lost(m["accuracy_base"], m["accuracy"]),
+                "fraction_refit_above_chance_lost": lost(
+                    m["accuracy_refit_base"], m["accuracy_refit"]
+                ),
                 "fraction_auroc_probe_lost": lost(m["auroc_probe_base"], m["auroc_probe"]),
                 "fraction_auroc_lean_lost": lost(m["auroc_lean_base"], m["auroc_lean"]),
             }

@@ -39,8 +39,19 @@ from circuitflow.workflow import schema_backed
 
 DIRECTIONS = ("clean_to_corrupted", "corrupted_to_clean")
 POSITION_SETS = ("all", "non_emotion", "punctuation")
-ABLATIONS = ("direction", "subspace", "random_direction", "random_subspace")
+# treatments, their variance-matched controls (arm control), shuffled-label and isotropic ones
+ABLATIONS = (
+    "direction",
+    "subspace",
+    "matched_direction",
+    "matched_subspace",
+    "shuffled_mean_diff",
+    "random_direction",
+    "random_subspace",
+)
 ABLATION_MODES = ("mean", "zero")
+ABLATION_CONTROLS = ("isotropic", "shuffled_mean_diff")  # beside the matched one, always run
+DIRECTION_CONTRASTS = tuple(store.DIRECTION_VARIABLES)
 SPLITS = ("test", "train", "all")
 RESID_SITE = "hook_resid_pre"
 HEAD_SITE = "attn.hook_z"
@@ -63,9 +74,13 @@ class PatchConfig:
     head_frames: int | None  # None: every chosen frame
     ablation_layers: LayerSpec
     ablation_samples: int
+    direction_contrast: str
     direction_position: str
     subspace_k: int
     random_seeds: int
+    ablation_controls: tuple[str, ...]
+    control_samples: int
+    refit_samples: int
     position_sets: tuple[str, ...]
     probe_position: str
     ablation_mode: str
@@ -78,13 +93,28 @@ class PatchConfig:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ConfigError(f"patching.split: {self.split!r} not in {', '.join(SPLITS)}")
-        for key in ("n_frames", "ablation_samples", "subspace_k", "batch_size"):
+        for key in ("n_frames", "ablation_samples", "subspace_k", "batch_size", "control_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"patching.{key}: must be >= 1, got {getattr(self, key)}")
         if self.head_frames is not None and self.head_frames < 0:
             raise ConfigError(f"patching.head_frames: must be >= 0, got {self.head_frames}")
         if self.random_seeds < 0 or self.mean_samples < 1:
             raise ConfigError("patching.random_seeds must be >= 0 and mean_samples >= 1")
+        if not 0 <= self.refit_samples <= self.control_samples:
+            raise ConfigError(
+                f"patching.refit_samples: {self.refit_samples} not in 0..control_samples "
+                f"({self.control_samples}); the refit probe's samples are control samples"
+            )
+        if self.direction_contrast not in DIRECTION_CONTRASTS:
+            raise ConfigError(
+                f"patching.direction_contrast: {self.direction_contrast!r} not in "
+                f"{', '.join(DIRECTION_CONTRASTS)}"
+            )
+        bad = [c for c in self.ablation_controls if c not in ABLATION_CONTROLS]
+        if bad:
+            raise ConfigError(
+                f"patching.ablation_controls: {bad[0]!r} not in {', '.join(ABLATION_CONTROLS)}"
+            )
         for key in ("direction_position", "probe_position"):
             if getattr(self, key) not in store.POSITIONS:
                 raise ConfigError(

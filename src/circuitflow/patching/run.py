@@ -14,7 +14,8 @@ from tqdm import tqdm
 from circuitflow import store
 from circuitflow.core.layers import resolve_layers
 from circuitflow.core.tokens import pad_id, tokenize
-from circuitflow.patching.ablation import Probe, ablation_set, directional_ablation
+from circuitflow.patching.ablation import Probe, directional_ablation
+from circuitflow.patching.controls import ablation_set, control_variances, record_train_stats
 from circuitflow.patching.engine import (
     RESID_SITE,
     PatchConfig,
@@ -27,6 +28,62 @@ from circuitflow.patching.engine import (
 )
 from circuitflow.patching.heads import mean_head_outputs, patch_heads, rank_heads
 from circuitflow.patching.residual import choose_frames, frame_pairs, patch_residual
+
+
+def read_vectors(
+    path,
+    conditions: Sequence[str],
+    layers: Sequence[int],
+    position: str,
+    k: int,
+    contrast: str = "vs_neutral",
+) -> tuple[dict, dict]:
+    """The vectors store's direction of ``contrast`` (``store.DIRECTION_VARIABLES``) and PCA
+    subspace ``[k, d]`` per condition and layer at ``blocks.{layer}.hook_resid_pre`` (layers
+    the store lacks are left out; :func:`run_text_patching` names them)."""
+    ds = store.open_dataset(path)
+    variable = store.DIRECTION_VARIABLES[contrast]
+    if variable not in ds.data_vars:
+        raise PatchingError(
+            f"{path}: no variable {variable!r} (patching.direction_contrast: {contrast}); "
+            "rerun rule directions (snakemake --forcerun directions) or set "
+            "patching.direction_contrast: vs_neutral"
+        )
+    hooks = set(ds["hook"].values.tolist())
+    directions: dict = {}
+    subspaces: dict = {}
+    for c in conditions:
+        directions[c], subspaces[c] = {}, {}
+        for layer in layers:
+            hook = store.hook_name(layer, RESID_SITE)
+            if hook not in hooks:
+                continue
+            sel = {"hook": hook, "position": position, "condition": c}
+            directions[c][layer] = ds[variable].sel(sel).values.astype(np.float64)
+            subspaces[c][layer] = ds["subspace"].sel(sel).values[:k].astype(np.float64)
+    return directions, subspaces
+
+
+def pick_samples(
+    rows: Sequence[dict], labels: Sequence[str], split: str, n: int, rng: np.random.Generator
+) -> dict[str, list[dict]]:
+    """Up to ``n`` samples of ``split`` per label (seeded, in dataset order), at most one per
+    counterfactual frame over all labels: the versions of one frame are not independent."""
+    used: set = set()
+    out = {}
+    for label in labels:
+        pool = [r for r in rows if r["label"] == label and r["split"] == split]
+        picked = []
+        for i in rng.permutation(len(pool)):
+            frame = pool[i].get("frame_id") or ""
+            if frame and frame in used:
+                continue
+            picked.append(int(i))
+            used.add(frame)
+            if len(picked) == n:
+                break
+        out[label] = [pool[i] for i in sorted(picked)]
+    return out
 
 
 def run_text_patching(
@@ -46,8 +103,12 @@ def run_text_patching(
 
     ``directions[c][layer]`` ``[d]`` and ``subspaces[c][layer]`` ``[K, d]`` are the
     condition's direction / PCA subspace at ``blocks.{layer}.hook_resid_pre``;
-    ``probe_data[c]`` = (train features at the final layer, 1 = condition / 0 = baseline).
-    Returns the tables, the metric tokens and run facts."""
+    ``probe_data[c]`` = (train features at the final layer, 1 = condition / 0 = baseline):
+    the fixed probe. The mean-ablation centre, the controls and the refit probe come from
+    ``cfg.control_samples`` train samples per label (:mod:`.controls`); ablation samples are
+    test samples, at most one per counterfactual frame. Returns the tables (``ablation_controls``:
+    the variance each ablated basis carries over the train tokens), the metric tokens and run
+    facts."""
     t0 = time.time()
     tokenizer = bridge.tokenizer
     pad = pad_id(tokenizer)
@@ -133,11 +194,28 @@ def run_text_patching(
         ranking = rank_heads(heads) if len(heads) else pd.DataFrame()
         timings["heads_s"] = time.time() - t
         t = time.time()
-        samples = []
+        picks = pick_samples(rows, labels, "test", cfg.ablation_samples, rng)
+        samples = [r for label in labels for r in picks[label]]
+        # the train split: mean-ablation centre, covariance of the matched controls, the
+        # shuffled-label mean differences and the refit probe's samples
+        train_picks = pick_samples(rows, labels, "train", cfg.control_samples, rng)
+        train, refit_index = [], []
         for label in labels:
-            pool = [r for r in rows if r["label"] == label and r["split"] == "test"]
-            pick = rng.choice(len(pool), size=min(cfg.ablation_samples, len(pool)), replace=False)
-            samples += [pool[i] for i in sorted(pick)]
+            for n, r in enumerate(train_picks[label]):
+                if n < cfg.refit_samples:
+                    refit_index.append(len(train))
+                train.append(r)
+        stats = record_train_stats(
+            patcher,
+            train,
+            toks,
+            pad,
+            abl_layers,
+            cfg.probe_position,
+            cfg.direction_position,
+            cfg.ablation_mode,
+        )
+        refit_rows = [train[i] for i in refit_index]
         probes = {c: Probe.fit(*probe_data[c], seed=cfg.seed) for c in conditions}
         ablations = {
             c: ablation_set(
@@ -146,16 +224,19 @@ def run_text_patching(
                 abl_layers,
                 cfg.subspace_k,
                 cfg.random_seeds,
-                bridge.cfg.d_model,
+                stats,
+                c,
+                baseline,
+                ci,
                 cfg.seed,
+                cfg.ablation_controls,
+                cfg.direction_contrast,
             )
-            for c in conditions
+            for ci, c in enumerate(conditions)
         }
-        n_jobs = sum(
-            len(a) * len(cfg.position_sets) * sum(r["label"] in (c, baseline) for r in samples)
-            for c, a in ablations.items()
-        )
-        bar = tqdm(total=n_jobs, desc=f"ablation {model_name}", disable=not progress)
+        variances = pd.DataFrame(control_variances(ablations, stats, abl_layers))
+        timings["ablation_controls_s"] = time.time() - t
+        bar = tqdm(total=0, desc=f"ablation {model_name}", disable=not progress)
         ablation, base_feats = directional_ablation(
             patcher,
             samples,
@@ -170,7 +251,9 @@ def run_text_patching(
             tokenizer,
             cfg.batch_size,
             bar,
-            cfg.ablation_mode,
+            stats.centre if cfg.ablation_mode == "mean" else None,
+            (refit_rows, stats.features[refit_index]) if refit_rows else None,
+            cfg.seed,
         )
         bar.close()
         timings["ablation_s"] = time.time() - t
@@ -186,6 +269,10 @@ def run_text_patching(
         "head_layers": list(head_layers),
         "ablation_layers": list(abl_layers),
         "n_ablation_samples": len(samples),
+        "n_control_samples": len(train),
+        "n_control_tokens": stats.n_tokens,
+        "n_refit_samples": len(refit_rows),
+        "direction_contrast": cfg.direction_contrast,
         "n_mean_ablation_samples": len(mean_pick),
         "n_forward": patcher.n_forward,
         "n_tokens": patcher.n_tokens,
@@ -196,6 +283,7 @@ def run_text_patching(
         "heads": heads,
         "heads_ranking": ranking,
         "directional_ablation": ablation,
+        "ablation_controls": variances,
         "metric": metric,
         "base_features": (samples, base_feats),
         "info": info,

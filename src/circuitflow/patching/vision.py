@@ -20,8 +20,9 @@ image tokens):
   unit directions instead.
 
 Per-pair rows go to ``recovery.csv`` and, in the ``store.MEASUREMENTS_FILE`` layout, to
-``measurements.csv`` (treatment = patched, baseline = unpatched: recovery 0 by definition,
-control = random direction / random difference, seeds averaged per unit by the stats phase).
+``measurements.csv`` per source photo (treatment = patched, baseline = unpatched: recovery 0
+by definition, control = random direction / random difference; a photo's variants and seeds
+are averaged per unit by the stats phase).
 """
 
 from __future__ import annotations
@@ -232,7 +233,10 @@ def image_measurement_rows(
     table, dataset: str, model: str, position: str, readout: str
 ) -> list[dict]:
     """recovery.csv rows -> store.MEASUREMENTS_FILE rows (valid pairs only): treatment =
-    patched, control = random (seeds), baseline = unpatched (recovery 0)."""
+    patched, control = random (seeds), baseline = unpatched (recovery 0). The unit is the
+    source photo (``unit_kind`` photo: the image dataset's ``frame_id``): its poor variants
+    (both signs of a level, every level) share the photo, and the statistics phase averages
+    a unit's values."""
     t = pd.DataFrame(table)
     if t.empty:
         return []
@@ -250,7 +254,8 @@ def image_measurement_rows(
             "condition": r.attribute,
             "setting": f"mode={r.mode} readout={readout if kind == 'probe' else kind}",
             "metric": "recovery" if kind == "probe" else f"recovery_{kind}",
-            "unit": r.unit,
+            "unit": r.source,
+            "unit_kind": "photo",
         }
         out.append({**common, "arm": r.arm, "value": float(r.recovery)})
         if r.arm == "treatment":

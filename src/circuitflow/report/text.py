@@ -18,7 +18,11 @@ from circuitflow.report.common import ALPHA, PALETTE, _style
 def separability_by_layer(table: pd.DataFrame) -> Figure:
     """Held-out Cohen's d of the mean-difference projection across depth, per model/position."""
     _style()
-    rows = table[(table.phase == "vectors") & (table.site == "hook_resid_post")].copy()
+    rows = table[
+        (table.phase == "vectors")
+        & (table.metric == "projection_on_mean_diff")
+        & (table.site == "hook_resid_post")
+    ].copy()
     n_layers = rows.groupby("model").layer.transform("max") + 1
     rows["relative depth"] = (rows.layer + 1) / n_layers
     rows["significant"] = rows.p_fdr_bh < ALPHA
@@ -462,16 +466,54 @@ def _describe(row) -> str:
     )
 
 
+def calibration_lines(calibration: pd.DataFrame) -> list[str]:
+    """The summary's calibration section: every phase that fails calibration (a metric x
+    comparison whose rate of p < alpha on permuted labels is not shown to stay at or below
+    max_rate), then each failing metric x comparison with its rates."""
+    lines = ["", "## Calibration (permuted labels)", ""]
+    if not len(calibration):
+        return [*lines, "No calibration copies were run (calibration.seeds is empty)."]
+    passed = calibration["pass"].astype(str).str.lower().isin(["true", "1"])
+    alpha, max_rate = calibration["alpha"].iloc[0], calibration["max_rate"].iloc[0]
+    lines.append(
+        "The same tests on copies of the prompt datasets with permuted labels "
+        "(results/stats/calibration.csv). A metric x comparison passes when the upper "
+        f"Clopper-Pearson bound of its rate of p < {alpha:g} is at most {max_rate:.0%}. Null "
+        "'labels': nothing is there to find; 'intervention': a paired comparison with the "
+        "unit's own unmodified run, which permuting labels keeps, so a rejection there shows "
+        "the intervention acts, not that it acts on the labelled property."
+    )
+    failing = sorted(set(calibration.loc[~passed, "phase"]))
+    line = f"Phases failing calibration: {', '.join(failing) or 'none'}"
+    shown = sorted(set(calibration.loc[calibration["verdict"] == "miscalibrated", "phase"]))
+    if failing:
+        line += (
+            f" (a rate shown above {alpha:g}: {', '.join(shown) or 'none'}; the others have too "
+            "few tests to show a rate at or below the bound)"
+        )
+    lines += ["", line + "."]
+    for r in calibration[~passed].itertuples():
+        lines.append(
+            f"- {r.phase} {r.metric}, {r.comparison.replace('_', ' ')} ({r.null}): "
+            f"{r.n_p}/{r.n} p < {alpha:g} = {r.rate_p:.0%} [{r.rate_p_ci_low:.0%}, "
+            f"{r.rate_p_ci_high:.0%}], {r.n_fdr} survive BH-FDR ({r.rate_fdr:.0%}): {r.verdict}"
+        )
+    lines.append(f"{int(passed.sum())} of {len(calibration)} metric x comparisons pass.")
+    return lines
+
+
 def summary_markdown(
     table: pd.DataFrame,
     alpha: float = ALPHA,
     top: int = 3,
     power: pd.DataFrame | None = None,
     k_selection: pd.DataFrame | None = None,
+    calibration: pd.DataFrame | None = None,
 ) -> str:
-    """Plain-words summary: per model and phase, which effects survive BH-FDR (per metric x
-    comparison: how many, and the largest surviving ones); then the power per family and the
-    selected alignment dimensions, when given."""
+    """Plain-words summary: the phases failing calibration (when given), then per model and
+    phase, which effects survive BH-FDR (per metric x comparison: how many, and the largest
+    surviving ones); then the power per family and the selected alignment dimensions, when
+    given."""
     lines = ["# circuitflow summary", ""]
     lines.append(
         "Effects are tested within families (one phase x dataset x model x metric) and "
@@ -479,6 +521,8 @@ def summary_markdown(
         "Hedges' g (independent groups), Cohen's d_z (paired: same prompt / pair / sample), "
         "z_cc (one observation vs random draws), AUROC; 95% BCa bootstrap CIs in brackets."
     )
+    if calibration is not None:
+        lines += calibration_lines(calibration)
     for model, mrows in table.groupby("model", sort=True):
         lines += ["", f"## {model}"]
         words = IMAGE_PHASE_WORDS if mrows.metric.isin(IMAGE_METRICS).any() else PHASE_WORDS

@@ -2,8 +2,9 @@
 
 One file per architecture (``standard``: ReLU + L1; ``topk``), each a registered
 :class:`SAEArchitecture`; ``base`` holds the SAE container and the registry, ``config`` the
-training settings, ``training`` the deterministic trainer, ``metrics`` the evaluation and
-``io`` the SAELens 6.54 file format. Tensors: activations x [n, d_in], features f [n, d_sae].
+training settings, ``training`` the deterministic trainer, ``metrics`` the evaluation
+(features chosen on train samples and tested on test samples; Delta CE) and ``io`` the
+SAELens 6.54 file format. Tensors: activations x [n, d_in], features f [n, d_sae].
 """
 
 from circuitflow.sae import standard, topk  # noqa: F401  (each registers its architecture)
@@ -32,13 +33,18 @@ from circuitflow.sae.metrics import (
     TOP_N,
     CELossResult,
     ReconstructionMetrics,
+    annotate_selection,
     auroc,
     ce_loss_recovered,
+    ce_measurements,
     choose_prompts,
-    feature_summaries,
+    feature_measurements,
     feature_table,
+    label_aurocs,
     per_sample_max,
     reconstruction_metrics,
+    sample_max_activations,
+    select_features,
 )
 from circuitflow.sae.training import (
     activation_scaling_factor,
@@ -70,15 +76,18 @@ __all__ = [
     "SAETrainConfig",
     "TokenActivations",
     "activation_scaling_factor",
+    "annotate_selection",
     "architecture_names",
     "auroc",
     "batch_indices",
     "ce_loss_recovered",
+    "ce_measurements",
     "choose_prompts",
     "deterministic",
-    "feature_summaries",
+    "feature_measurements",
     "feature_table",
     "geometric_median",
+    "label_aurocs",
     "get_sae_class",
     "load_sae",
     "per_sample_max",
@@ -86,7 +95,9 @@ __all__ = [
     "reconstruction_metrics",
     "register_sae_class",
     "sae_lens_cfg",
+    "sample_max_activations",
     "save_sae",
+    "select_features",
     "timer",
     "train_sae",
 ]

@@ -3,14 +3,18 @@
 Reconstruction metrics follow SAELens's definitions (explained variance, MSE, L0, dead
 features) on tokens x [n_tokens, d_in]. CE-loss recovered splices the SAE's reconstruction
 into a TransformerLens bridge at one hook and compares next-token losses with the clean and
-the zero-ablated forward. The feature table ranks each feature's per-sample max activation
-by label (AUROC against the baseline label) and lists its top prompts.
+the zero-ablated forward (and Delta CE = CE_sae - CE_clean). The feature table ranks each
+feature's per-sample max activation by label (AUROC against the baseline label) and lists its
+top prompts. For the statistics phase the top features of each label are chosen on the TRAIN
+samples (:func:`select_features`) and their TEST samples' values are written as
+``measurements.csv`` rows (design ``rank``: Mann-Whitney U and AUROC in the stats engine),
+beside the per-prompt CE losses (paired by prompt).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from scipy.stats import rankdata
 
+from circuitflow import store
 from circuitflow.sae.base import SAE, SAEError
 
 TOP_N = 3  # top activating prompts per feature in the feature table
@@ -87,17 +92,22 @@ def reconstruction_metrics(
 # ---------------------------------------------------------------- CE-loss recovered
 @dataclass(frozen=True)
 class CELossResult:
-    """Next-token LM loss with the hook clean, replaced by the SAE, and zero-ablated."""
+    """Next-token LM loss with the hook clean, replaced by the SAE, and zero-ablated
+    (token-weighted means over every prediction), and each prompt's mean loss per mode."""
 
     ce_loss_clean: float
     ce_loss_sae: float
     ce_loss_zero: float
     ce_loss_recovered: float  # (zero - sae) / (zero - clean)
+    delta_ce: float  # sae - clean: the loss the SAE's reconstruction costs
     n_prompts: int
     n_predictions: int
+    # {"clean" | "sae" | "zero": [n_prompts] mean loss of each prompt, in the given order}
+    per_prompt: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The scalar fields (metrics.json)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_prompt"}
 
 
 def ce_loss_recovered(
@@ -133,10 +143,12 @@ def ce_loss_recovered(
     pad = bridge.tokenizer.pad_token_id if bridge.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(token_ids)), key=lambda i: (len(token_ids[i]), i))
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    per_prompt = {name: np.zeros(len(token_ids)) for name in sums}
     n_pred = 0
     with torch.no_grad(), bridge.hooks(fwd_hooks=[(hook, splice)]):
         for b0 in range(0, len(order), batch_size):
-            sel = [np.asarray(token_ids[i]) for i in order[b0 : b0 + batch_size]]
+            rows = order[b0 : b0 + batch_size]
+            sel = [np.asarray(token_ids[i]) for i in rows]
             lengths = torch.tensor([len(t) for t in sel])
             if int(lengths.min()) < 2:
                 raise SAEError("every prompt needs at least 2 tokens for a next-token loss")
@@ -153,7 +165,9 @@ def ce_loss_recovered(
                 ce = F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
                 ).reshape(targets.shape)
-                sums[name] += float((ce * mask).sum().double())
+                prompt_sums = (ce * mask).double().sum(1)
+                sums[name] += float(prompt_sums.sum())
+                per_prompt[name][rows] = (prompt_sums / (lengths - 1)).numpy()
                 del logits
     mode["value"] = "clean"
     losses = {name: value / n_pred for name, value in sums.items()}
@@ -163,8 +177,10 @@ def ce_loss_recovered(
         ce_loss_sae=losses["sae"],
         ce_loss_zero=losses["zero"],
         ce_loss_recovered=(losses["zero"] - losses["sae"]) / gap if gap != 0 else float("nan"),
+        delta_ce=losses["sae"] - losses["clean"],
         n_prompts=len(token_ids),
         n_predictions=n_pred,
+        per_prompt=per_prompt,
     )
 
 
@@ -258,7 +274,7 @@ def feature_table(
             au = np.full(d_sae, np.nan)
         else:
             keep = sel | base
-            au = auroc(smax[keep], sel[keep])
+            au = auroc(smax[keep], sel[keep])  # this table's samples: descriptive only
         frame = {
             "feature": np.arange(d_sae),
             "label": label,
@@ -281,54 +297,171 @@ def choose_prompts(n: int, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def feature_summaries(
-    features: pd.DataFrame, metrics: Mapping, baseline: str, top_n: int
-) -> pd.DataFrame:
-    """features.csv (+ metrics.json) -> ``summaries.csv`` rows (design ``auroc``): per emotion,
-    the ``top_n`` features by |AUROC - 0.5| of their per-sample max activation (condition vs
-    baseline samples, test split), each tested against 0.5. Every live feature (firing in
-    either group) is a hypothesis of the family: ``n_family_part`` counts them for this SAE,
-    so keeping only the top rows does not weaken the correction."""
-    f = features
-    base = f[f["label"] == baseline].set_index("feature")
-    dataset, model, hook = metrics["dataset"], metrics["model"], metrics["hook"]
-    layer, site = (
-        (int(hook.split(".")[1]), hook.split(".", 2)[2])
-        if hook.startswith("blocks.")
-        else (pd.NA, hook)
-    )
-    arch = metrics["architecture"]
-    cand = f[(f["label"] != baseline) & np.isfinite(f["auroc_vs_baseline"])].copy()
-    live = (cand["sample_fire_rate"].to_numpy() > 0) | (
-        base.loc[cand["feature"], "sample_fire_rate"].to_numpy() > 0
-    )
-    cand = cand[live]
-    cand["strength"] = (cand["auroc_vs_baseline"] - 0.5).abs()
-    rows = []
-    for label, part in cand.groupby("label", sort=True):
-        top = part.sort_values(["strength", "feature"], ascending=[False, True]).head(top_n)
-        for r in top.itertuples(index=False):
-            b = base.loc[r.feature]
+def sample_max_activations(
+    sae: SAE,
+    x: Float[np.ndarray, "n_tokens d_in"],
+    sample_index: Int[np.ndarray, " n_tokens"],
+    n_samples: int,
+    chunk: int = 4096,
+) -> Float[np.ndarray, "n_samples d_sae"]:
+    """Each sample's max activation of every feature over its tokens, encoding ``chunk``
+    tokens at a time (0 for a sample without tokens)."""
+    sample_index = np.asarray(sample_index, dtype=np.int64)
+    out = torch.zeros(n_samples, sae.cfg.d_sae)
+    for i in range(0, len(x), chunk):
+        f = sae.encode(np.asarray(x[i : i + chunk], dtype=np.float32)).float().cpu()
+        out = torch.maximum(out, per_sample_max(f, sample_index[i : i + chunk], n_samples))
+    return out.numpy()
+
+
+def _hook_layer_site(hook: str) -> tuple:
+    if hook.startswith("blocks."):
+        return int(hook.split(".")[1]), hook.split(".", 2)[2]
+    return pd.NA, hook
+
+
+def label_aurocs(
+    smax: Float[np.ndarray, "n_samples d_sae"],
+    sample_labels: Sequence[str],
+    conditions: Sequence[str],
+    baseline: str,
+) -> dict[str, Float[np.ndarray, " d_sae"]]:
+    """AUROC of every feature's per-sample max, each condition's samples vs ``baseline``'s."""
+    labels = np.asarray(sample_labels)
+    base = labels == baseline
+    out = {}
+    for condition in conditions:
+        if condition != baseline:
+            keep = (labels == condition) | base
+            out[condition] = auroc(smax[keep], labels[keep] == condition)
+    return out
+
+
+def select_features(
+    smax: Float[np.ndarray, "n_samples d_sae"],
+    sample_labels: Sequence[str],
+    conditions: Sequence[str],
+    baseline: str,
+    top_n: int,
+) -> tuple[pd.DataFrame, int]:
+    """The ``top_n`` features of each condition by |AUROC - 0.5| of the per-sample max
+    (condition vs ``baseline`` samples; ties: the lower feature), among the live ones (firing
+    on a sample of either group). Pass the samples the choice may see (the train split), and
+    test the chosen features on others. Returns (condition, feature, rank, auroc_select), and
+    the number of live (feature, condition) pairs: the hypotheses the choice was made from."""
+    labels = np.asarray(sample_labels)
+    base = labels == baseline
+    rows, n_live = [], 0
+    for condition, au in label_aurocs(smax, labels, conditions, baseline).items():
+        live = (smax[(labels == condition) | base] > 0).any(0) & np.isfinite(au)
+        n_live += int(live.sum())
+        strength = np.where(live, np.abs(au - 0.5), -np.inf)
+        order = np.lexsort((np.arange(len(au)), -strength))  # strength desc, then feature
+        for rank, j in enumerate(order[: min(top_n, int(live.sum()))]):
             rows.append(
+                {"condition": condition, "feature": int(j), "rank": rank, "auroc_select": au[j]}
+            )
+    columns = ["condition", "feature", "rank", "auroc_select"]
+    return pd.DataFrame(rows, columns=columns), n_live
+
+
+def annotate_selection(
+    table: pd.DataFrame, aurocs: Mapping[str, np.ndarray], selected: pd.DataFrame
+) -> pd.DataFrame:
+    """The feature table with ``auroc_train`` (the AUROC the choice saw, ``aurocs`` from
+    :func:`label_aurocs` on the train samples; empty for the baseline) and ``selected``."""
+    table = table.copy()
+    table["auroc_train"] = [
+        aurocs[label][j] if label in aurocs else np.nan
+        for j, label in zip(table["feature"], table["label"], strict=True)
+    ]
+    picked = set(zip(selected["condition"], selected["feature"], strict=True))
+    table["selected"] = [
+        (label, j) in picked for j, label in zip(table["feature"], table["label"], strict=True)
+    ]
+    return table
+
+
+def feature_measurements(
+    selected: pd.DataFrame,
+    smax: Float[np.ndarray, "n_samples d_sae"],
+    sample_ids: Sequence[str],
+    sample_labels: Sequence[str],
+    baseline: str,
+    metrics: Mapping,
+    n_family_part: int,
+) -> pd.DataFrame:
+    """``measurements.csv`` rows of the chosen features on other samples (the test split):
+    per (condition, feature), the per-sample max activation of the condition's samples (arm
+    treatment) and of the ``baseline`` samples (arm baseline); design ``rank`` (Mann-Whitney U
+    and AUROC in the stats engine), unit = sample. Every live feature of the choice is a
+    hypothesis of the family: ``n_family_part`` (from :func:`select_features`) counts them for
+    this SAE (``family_part`` = hook/architecture)."""
+    labels, ids = np.asarray(sample_labels), np.asarray(sample_ids).astype(str)
+    hook, arch = metrics["hook"], metrics["architecture"]
+    layer, site = _hook_layer_site(hook)
+    base = labels == baseline
+    frames = []
+    for r in selected.itertuples(index=False):
+        sel = labels == r.condition
+        frames.append(
+            pd.DataFrame(
                 {
-                    "phase": "sae",
-                    "dataset": dataset,
-                    "model": model,
-                    "layer": layer,
-                    "site": site,
-                    "position": "token_max",
-                    "condition": label,
+                    "arm": np.r_[["treatment"] * int(sel.sum()), ["baseline"] * int(base.sum())],
+                    "unit": np.r_[ids[sel], ids[base]],
+                    "value": np.r_[smax[sel, r.feature], smax[base, r.feature]].astype(float),
+                    "condition": r.condition,
                     "setting": f"architecture={arch} feature={int(r.feature)}",
-                    "metric": "feature_auroc",
-                    "comparison": "vs_baseline",
-                    "design": "auroc",
-                    "value": r.auroc_vs_baseline,
-                    "n_treatment": r.n_samples,
-                    "n_reference": b["n_samples"],
-                    "mean_treatment": r.mean_max_activation,
-                    "mean_baseline": b["mean_max_activation"],
-                    "family_part": f"{hook}/{arch}",
-                    "n_family_part": len(cand),
                 }
             )
-    return pd.DataFrame(rows)
+        )
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _measurements(
+        frame,
+        metrics,
+        layer=layer,
+        site=site,
+        position="token_max",
+        metric="feature_max_activation",
+        unit_kind="sample",
+        design=store.RANK_DESIGN,
+        family_part=f"{hook}/{arch}",
+        n_family_part=n_family_part,
+    )
+
+
+def ce_measurements(ce: CELossResult, prompt_ids: Sequence[str], metrics: Mapping) -> pd.DataFrame:
+    """``measurements.csv`` rows of the per-prompt CE loss with the SAE spliced in (arm
+    treatment) and clean (arm baseline), paired by prompt: their mean difference is the
+    prompt-averaged Delta CE (metrics.json's ``delta_ce`` is token-weighted)."""
+    ids = np.asarray(prompt_ids).astype(str)
+    if len(ids) != ce.n_prompts or not ce.per_prompt:
+        raise SAEError(f"{len(ids)} prompt ids for {ce.n_prompts} CE losses (or none per prompt)")
+    layer, site = _hook_layer_site(metrics["hook"])
+    frame = pd.DataFrame(
+        {
+            "arm": np.r_[["treatment"] * len(ids), ["baseline"] * len(ids)],
+            "unit": np.r_[ids, ids],
+            "value": np.r_[ce.per_prompt["sae"], ce.per_prompt["clean"]].astype(float),
+        }
+    )
+    return _measurements(
+        frame,
+        metrics,
+        layer=layer,
+        site=site,
+        position="all",
+        condition="all",
+        setting=f"architecture={metrics['architecture']}",
+        metric="ce_loss",
+        unit_kind="prompt",
+    )
+
+
+def _measurements(frame: pd.DataFrame, metrics: Mapping, **const) -> pd.DataFrame:
+    frame = frame.assign(phase="sae", dataset=metrics["dataset"], model=metrics["model"], **const)
+    columns = [*store.MEASUREMENT_COLUMNS, *store.MEASUREMENT_OPTIONAL]
+    for col in columns:
+        if col not in frame:
+            frame[col] = np.nan if col in ("layer", "value", "n_family_part") else ""
+    return frame[columns]

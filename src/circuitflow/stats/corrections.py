@@ -1,8 +1,11 @@
 """The effect table's layout (:data:`EFFECT_COLUMNS`), its families and their corrections.
 
-P values are corrected within a ``family`` (one phase x dataset x model x metric) by
-Bonferroni and Benjamini-Hochberg (statsmodels); a family may declare more hypotheses than it
-has rows (``n_family``) and the missing ones then count as p = 1 (conservative).
+P values are corrected within a ``family`` (one phase x dataset x model x metric x
+comparison) by Bonferroni and Benjamini-Hochberg (statsmodels); a family may declare more
+hypotheses than it has rows (``n_family``) and the missing ones then count as p = 1
+(conservative). A comparison that could not be tested (too few units, no variation) stays a
+row with ``test`` :data:`SKIPPED_TEST`, p = 1, no estimate and the reason in ``note``: it
+counts in its family.
 """
 
 from __future__ import annotations
@@ -48,18 +51,67 @@ EFFECT_COLUMNS = [
     "p_fdr_bh",
     "n_family",
     "auroc",
+    "note",
 ]
 # layer: empty for effects over all layers (directional ablation) or a model pair's grid;
-# sd_*: empty for a single observation; ci/df/auroc: where the method has none.
-OPTIONAL = {"layer", "sd_treatment", "sd_baseline", "ci_low", "ci_high", "df", "auroc"}
+# sd_*: empty for a single observation; ci/df/auroc: where the method has none; estimate and
+# statistic: where the test could not be run (or a null without spread); note: empty string
+# when there is nothing to flag.
+OPTIONAL = {
+    "layer",
+    "sd_treatment",
+    "sd_baseline",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "statistic",
+    "df",
+    "auroc",
+    "note",
+}
 REQUIRED = [c for c in EFFECT_COLUMNS if c not in OPTIONAL]
-DESIGNS = ("paired", "independent", "single_case", "auroc", "permutation")
+DESIGNS = ("paired", "independent", "rank", "single_case", "permutation")
 COMPARISONS = {"baseline": "vs_baseline", "control": "vs_random_control"}
+# The test of a comparison left untested: p = 1, the reason in note; its arms' sizes and means
+# may be empty (a summary without them).
+SKIPPED_TEST = "none"
+_SKIPPED_MAY_LACK = {"n_treatment", "n_baseline", "mean_treatment", "mean_baseline"}
 
 
-def family_name(phase: str, model: str, metric: str, dataset: str = "") -> str:
-    """A family of tests corrected together: one phase x model x metric (per dataset)."""
-    return "/".join(x for x in (phase, dataset, model, metric) if x)
+def family_name(
+    phase: str, model: str, metric: str, dataset: str = "", comparison: str = ""
+) -> str:
+    """A family of tests corrected together: one phase x dataset x model x metric x
+    comparison (empty parts are left out)."""
+    return "/".join(x for x in (phase, dataset, model, metric, comparison) if x)
+
+
+def join_notes(*notes) -> str:
+    """Non-empty notes (None and NaN count as empty) joined with '; ', each once."""
+    out = []
+    for note in notes:
+        text = "" if note is None or (isinstance(note, float) and np.isnan(note)) else str(note)
+        if text and text not in out:
+            out.append(text)
+    return "; ".join(out)
+
+
+def skipped_row(meta: dict, design: str, effect_size: str, reason: str, **known) -> dict:
+    """The effect row of a comparison that could not be tested: p = 1 (it counts in its
+    family and can only make the correction stricter), no estimate, ``reason`` in note;
+    ``known``: what is known of its arms (n_treatment, mean_baseline, ...)."""
+    return {
+        **meta,
+        "design": design,
+        "test": SKIPPED_TEST,
+        "effect_size": effect_size,
+        "estimate": np.nan,
+        "ci_method": "none",
+        "statistic": np.nan,
+        "p": 1.0,
+        **known,
+        "note": join_notes(reason, meta.get("note")),
+    }
 
 
 def adjust_pvalues(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,8 +142,8 @@ def finalize(rows: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
     for col in EFFECT_COLUMNS:
         if col not in table:
             table[col] = np.nan
-    if "setting" in table:
-        table["setting"] = table["setting"].fillna("")
+    for col in ("setting", "note"):
+        table[col] = table[col].astype(object).where(table[col].notna(), "").astype(str)
     table = adjust_pvalues(table[EFFECT_COLUMNS])
     table["layer"] = table["layer"].astype("Int64")
     validate_effect_table(table)
@@ -99,13 +151,25 @@ def finalize(rows: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_effect_table(table: pd.DataFrame) -> None:
-    """Columns present and in order; no NaN where a value is required."""
+    """Columns present and in order; no NaN where a value is required (a skipped row, test
+    :data:`SKIPPED_TEST`, may lack its arms' sizes and means, and needs p = 1 and a note)."""
     if list(table.columns) != EFFECT_COLUMNS:
         raise ValueError(f"effect table columns {list(table.columns)} != {EFFECT_COLUMNS}")
+    skipped = (table["test"] == SKIPPED_TEST).to_numpy()
     for col in REQUIRED:
-        if table[col].isna().any():
-            first = table.index[table[col].isna()][0]
+        empty = table[col].isna().to_numpy(copy=True)
+        if col in _SKIPPED_MAY_LACK:
+            empty &= ~skipped
+        if empty.any():
+            first = table.index[empty][0]
             raise ValueError(f"effect table: column {col!r} is empty in row {first}")
+    note = table["note"].astype(object).where(table["note"].notna(), "").astype(str).to_numpy()
+    bad = skipped & ((note == "") | (table["p"].to_numpy(dtype=float) != 1))
+    if bad.any():
+        raise ValueError(
+            f"effect table: row {table.index[bad][0]} has test {SKIPPED_TEST!r} but no note "
+            "or p != 1; a skipped comparison gives its reason and p = 1"
+        )
     bad = sorted(set(table["design"]) - set(DESIGNS))
     if bad:
         raise ValueError(f"effect table: design {bad[0]!r} is not one of {list(DESIGNS)}")

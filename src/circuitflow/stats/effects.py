@@ -1,9 +1,10 @@
 """The generic designs: effect sizes, their tests and CIs, for two arms or one observation.
 
 Paired (``ttest_rel``, Cohen's ``d_z``) and independent (Welch, Hedges' ``g``) comparisons get
-a seeded BCa bootstrap CI; a single observation against ``n`` draws gets the Crawford-Howell
-t test (``z_cc``), an AUROC without its samples the Mann-Whitney normal approximation. Each
-returns the design columns of one effect-table row.
+a seeded BCa bootstrap CI; the rank design (``scipy.stats.mannwhitneyu``, AUROC with the Hanley
+& McNeil CI) compares two independent arms without assuming normal values; a single
+observation against ``n`` draws gets the Crawford-Howell t test (``z_cc``), one against its
+permutation null the empirical p. Each returns the design columns of one effect-table row.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def compare_paired(
     low, high = _bca((diff,), cohens_dz, seed, n_resamples, confidence_level)
     return {
         "design": "paired",
-        "test": "paired_t",
+        "test": "ttest_rel",
         "n_treatment": len(t),
         "n_baseline": len(b),
         "mean_treatment": t.mean(),
@@ -236,30 +237,62 @@ def compare_permutation(
     }
 
 
-def auroc_test(auroc: float, n_pos: int, n_neg: int, confidence_level: float = 0.95) -> dict:
-    """AUROC against 0.5 without the samples: the Mann-Whitney U normal approximation (no tie
-    correction) for p, Hanley & McNeil (1982) standard error for the CI."""
-    a, n1, n2 = float(auroc), int(n_pos), int(n_neg)
-    if n1 < 1 or n2 < 1 or not 0 <= a <= 1:
-        raise ValueError(f"AUROC test needs 0 <= auroc <= 1 and both groups (got {a}, {n1}, {n2})")
-    z = (a - 0.5) * n1 * n2 / math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
+def hanley_mcneil_se(auroc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC (Hanley & McNeil 1982, exponential approximation)."""
+    a = float(auroc)
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    se = math.sqrt(
-        max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n2 - 1) * (q2 - a * a), 0) / (n1 * n2)
-    )
-    zc = sps.norm.ppf(0.5 + confidence_level / 2)
+    v = a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)
+    return math.sqrt(max(v, 0.0) / (n_pos * n_neg))
+
+
+def compare_rank(
+    treatment: Sequence[float], baseline: Sequence[float], confidence_level: float = 0.95
+) -> dict:
+    """Two independent arms by ranks: the two-sided Mann-Whitney U test
+    (``scipy.stats.mannwhitneyu``) and AUROC = U / (n1 n2) (treatment = positive, ties count
+    one half) with the Hanley & McNeil (1982) CI.
+
+    The p value is scipy's ``method="auto"``: the exact null distribution of U when an arm has
+    at most 8 values and no value is tied, else the normal approximation with the tie and
+    continuity corrections; ``test`` names which (``mannwhitneyu_exact`` /
+    ``mannwhitneyu_asymptotic``)."""
+    t = np.asarray(treatment, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    _check(t, b, minimum=1)
+    both = np.r_[t, b]
+    if np.all(both == both[0]):
+        raise ValueError("every value of both arms is the same: the rank test is undefined")
+    n1, n2 = len(t), len(b)
+    method = "exact" if min(n1, n2) <= 8 and len(np.unique(both)) == len(both) else "asymptotic"
+    res = sps.mannwhitneyu(t, b, alternative="two-sided", method=method)
+    a = float(res.statistic) / (n1 * n2)
+    half = sps.norm.ppf(0.5 + confidence_level / 2) * hanley_mcneil_se(a, n1, n2)
     return {
-        "design": "auroc",
-        "test": "mann_whitney_z",
+        "design": "rank",
+        "test": f"mannwhitneyu_{method}",
         "n_treatment": n1,
         "n_baseline": n2,
+        "mean_treatment": t.mean(),
+        "sd_treatment": t.std(ddof=1) if n1 > 1 else np.nan,
+        "mean_baseline": b.mean(),
+        "sd_baseline": b.std(ddof=1) if n2 > 1 else np.nan,
         "effect_size": "auroc",
         "estimate": a,
-        "ci_low": max(0.0, a - zc * se),
-        "ci_high": min(1.0, a + zc * se),
+        "ci_low": max(0.0, a - half),
+        "ci_high": min(1.0, a + half),
         "ci_method": "hanley_mcneil",
-        "statistic": float(z),
+        "statistic": float(res.statistic),
         "df": np.nan,
-        "p": float(2 * sps.norm.sf(abs(z))),
+        "p": float(res.pvalue),
         "auroc": a,
     }
+
+
+# The effect size each design reports (also named by the rows of comparisons left untested).
+EFFECT_SIZES = {
+    "paired": "cohens_dz",
+    "independent": "hedges_g",
+    "rank": "auroc",
+    "single_case": "z_cc",
+    "permutation": "z_null",
+}

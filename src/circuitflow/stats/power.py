@@ -1,8 +1,9 @@
 """Post-hoc power and planned sample sizes of each family of the effect table.
 
 Paired designs use statsmodels' ``TTestPower`` (n = pairs), independent ones
-``TTestIndPower`` (n = per group); AUROCs are converted to d (binormal); single-case tests
-have no sample size to plan.
+``TTestIndPower`` (n = per group); AUROCs (rank design) are converted to d (binormal);
+single-case and permutation tests have no sample size to plan; comparisons left untested
+(test ``none``) count in ``n_tests`` but not in the observed n and effect.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
+from circuitflow.stats.corrections import SKIPPED_TEST
+
 POWER_COLUMNS = [
     "family",
     "phase",
     "dataset",
     "model",
     "metric",
+    "comparison",
     "design",
     "n_tests",
     "n_significant_fdr",
@@ -64,7 +68,7 @@ def power_independent(d: float, n1: int, n2: int, alpha: float = 0.05) -> float:
 
 def n_needed(d: float, design: str, alpha: float = 0.05, power: float = 0.8) -> float:
     """Units needed for ``power`` at effect d: pairs (paired) or per group (independent)."""
-    solver = TTestIndPower() if design in ("independent", "auroc") else TTestPower()
+    solver = TTestIndPower() if design in ("independent", "rank") else TTestPower()
     return float(
         solver.solve_power(effect_size=d, alpha=alpha, power=power, alternative="two-sided")
     )
@@ -86,25 +90,32 @@ def power_table(
 
     Paired and one-sample designs use ``TTestPower`` (n = pairs), independent ones
     ``TTestIndPower`` (n = per group, the observed ratio for post-hoc power); SAE AUROCs are
-    converted to d (binormal); single-case tests (alignment) have no sample size to plan.
+    converted to d (binormal); single-case and permutation tests (alignment) have no sample
+    size to plan. Rows left untested (test ``none``) count only in ``n_tests``.
     """
     out = []
-    for family, rows in table.groupby("family", sort=True):
-        first = rows.iloc[0]
-        design = str(first["design"])
+    for family, every in table.groupby("family", sort=True):
+        first = every.iloc[0]
+        rows = every[(every["test"] != SKIPPED_TEST) & every["estimate"].notna()]
+        design = str((rows if len(rows) else every)["design"].iloc[0])
         row = {
             "family": family,
             "phase": first["phase"],
             "dataset": first["dataset"],
             "model": first["model"],
             "metric": first["metric"],
+            "comparison": first["comparison"],
             "design": design,
             "n_tests": int(first["n_family"]),
-            "n_significant_fdr": int((rows["p_fdr_bh"] < alpha).sum()),
-            "n_observed": float(rows["n_treatment"].median()),
+            "n_significant_fdr": int((every["p_fdr_bh"] < alpha).sum()),
+            "n_observed": float(rows["n_treatment"].median()) if len(rows) else np.nan,
             "note": "",
         }
-        if design == "single_case":
+        if not len(rows):
+            row.update(n_unit="none", note="no comparison of the family could be tested")
+            out.append(row)
+            continue
+        if design in ("single_case", "permutation"):
             row.update(
                 effect_observed=float(rows["estimate"].abs().median()),
                 effect_max=float(rows["estimate"].abs().max()),
@@ -113,7 +124,7 @@ def power_table(
             )
             out.append(row)
             continue
-        d = rows["estimate"].map(auroc_to_d) if design == "auroc" else rows["estimate"]
+        d = rows["estimate"].map(auroc_to_d) if design == "rank" else rows["estimate"]
         d = d.abs()
         n1 = int(rows["n_treatment"].median())
         n2 = int(rows["n_baseline"].median())
@@ -132,7 +143,7 @@ def power_table(
             power_observed=p_obs,
             power_observed_bonferroni=p_bonf,
             n_unit="pairs" if design == "paired" else "per group",
-            note="effect as d (binormal from AUROC)" if design == "auroc" else "",
+            note="effect as d (binormal from AUROC)" if design == "rank" else "",
         )
         for target in targets:
             row[f"n_for_d_{target:g}"] = math.ceil(n_needed(target, design, alpha, power))

@@ -1,22 +1,30 @@
 """Steering phase: add directions to a model's activations and measure what changes.
 
-- :mod:`.text`: language models, steered while generating (configurations, the KV-cache
-  aware hook, the batched sweep);
-- :mod:`.sweep`: the text job (directions and norms from the stores, evaluator scores);
+- :mod:`.text`: language models, steered while generating (configurations, variance-matched
+  random controls, the KV-cache aware hook, the batched sweep);
+- :mod:`.sweep`: the text job (directions, norms and control activations from the stores,
+  evaluator scores, the fluency band, ``measurements.csv``);
 - :mod:`.vision`: vision encoders and VLMs, steered towards an image's good attribute level
   and read out by the attribute probe, CLIP prompts or the VLM's description.
 """
 
 from circuitflow.steering.sweep import (
+    FLUENCY_METRICS,
+    band_note,
+    control_activations,
+    fluency_table,
     load_directions,
     mean_residual_norm,
+    prompt_units,
     sample_measurements,
     sample_rows,
     sweep_table,
 )
 from circuitflow.steering.text import (
+    DIRECTION_CONTRASTS,
     DIRECTION_POSITIONS,
     UNSTEERED,
+    FluencyBand,
     Generation,
     Prompt,
     SteerConfig,
@@ -25,6 +33,8 @@ from circuitflow.steering.text import (
     SteeringParams,
     build_configs,
     encode_prompts,
+    matched_controls,
+    projected_variance,
     run_sweep,
     select_prompts,
 )
@@ -41,12 +51,15 @@ from circuitflow.steering.vision import (
     run_descriptions,
     run_steering,
     steer_hooks,
+    vision_controls,
 )
 
 __all__ = [
-    "sample_measurements",
+    "DIRECTION_CONTRASTS",
     "DIRECTION_POSITIONS",
+    "FLUENCY_METRICS",
     "UNSTEERED",
+    "FluencyBand",
     "Generation",
     "Prompt",
     "SteerConfig",
@@ -56,21 +69,29 @@ __all__ = [
     "VisionSteerConfig",
     "VisionSteeringError",
     "add_vectors",
+    "band_note",
     "build_configs",
+    "control_activations",
     "description_hooks",
     "description_measurement_rows",
     "description_prompt_ids",
     "encode_prompts",
+    "fluency_table",
     "generate_description",
     "image_measurement_rows",
     "load_directions",
+    "matched_controls",
     "mean_pooled_norm",
     "mean_residual_norm",
+    "projected_variance",
+    "prompt_units",
     "run_descriptions",
     "run_steering",
     "run_sweep",
+    "sample_measurements",
     "sample_rows",
     "select_prompts",
     "steer_hooks",
     "sweep_table",
+    "vision_controls",
 ]

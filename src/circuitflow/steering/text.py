@@ -9,8 +9,14 @@ prompt pass and on the one new position of every decoding step.
 
 Alphas: ``raw`` adds ``alpha * unit``; ``relative`` adds ``alpha * r_L * unit`` where ``r_L``
 is the mean train-split norm of the token-mean residual at layer L. Alpha 0 is the unsteered
-baseline, generated once per prompt. Random controls are seeded Gaussian unit directions (one
-per seed and layer) at the same alphas.
+baseline, generated once per prompt. Random controls (one per seed and layer, at the same
+alphas, so the same norm as the steering vectors) are matched in the variance they carry
+(:func:`circuitflow.core.rand.matched_unit`): drawn from the covariance of the train-split
+activations at ``blocks.{L}.hook_resid_pre`` and the steering position, with the projected
+variance of the layer's median-variance emotion direction. An isotropic direction of R^d
+carries about 1/d of it and, at the same norm, pushes the model off its activation
+distribution (gibberish on Gemma-3), so "emotion vs random" would partly measure "fluent vs
+not".
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from circuitflow import store
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.core.generation import eos_ids, greedy_generate, truncate_at_eos
 from circuitflow.core.hooks import attach_bridge
-from circuitflow.core.rand import random_unit
+from circuitflow.core.rand import matched_unit, rng
 from circuitflow.core.tokens import encode_texts, left_pad, pad_id
 from circuitflow.workflow import schema_backed
 
 UNSTEERED = "none"
 DIRECTION_POSITIONS = ("last", "trigger_mean")
+DIRECTION_CONTRASTS = tuple(store.DIRECTION_VARIABLES)  # steering.direction_contrast
 
 
 class SteeringError(CircuitflowError, RuntimeError):
@@ -65,8 +72,35 @@ class SteeringParams:
     batch_size: int
     evaluators: tuple[str, ...]
     hub_classifiers: Mapping[str, str]
+    direction_contrast: str
+    perplexity_cap: float | None = None
+    fluency_max_perplexity_ratio: float
+    fluency_max_empty_rate: float
+    fluency_min_distinct_2_ratio: float
 
     def __post_init__(self):
+        if self.direction_contrast not in DIRECTION_CONTRASTS:
+            raise ValueError(
+                f"steering.direction_contrast: {self.direction_contrast!r} is not one of "
+                f"{', '.join(DIRECTION_CONTRASTS)}"
+            )
+        if self.perplexity_cap is not None and not self.perplexity_cap > 1:
+            raise ValueError(f"steering.perplexity_cap: must be > 1, got {self.perplexity_cap}")
+        if not self.fluency_max_perplexity_ratio >= 1:
+            raise ValueError(
+                "steering.fluency_max_perplexity_ratio: must be >= 1, got "
+                f"{self.fluency_max_perplexity_ratio}"
+            )
+        if not 0 <= self.fluency_max_empty_rate <= 1:
+            raise ValueError(
+                f"steering.fluency_max_empty_rate: must be in [0, 1], got "
+                f"{self.fluency_max_empty_rate}"
+            )
+        if not 0 <= self.fluency_min_distinct_2_ratio <= 1:
+            raise ValueError(
+                "steering.fluency_min_distinct_2_ratio: must be in [0, 1], got "
+                f"{self.fluency_min_distinct_2_ratio}"
+            )
         if self.position not in DIRECTION_POSITIONS:
             raise ValueError(
                 f"steering.position: {self.position!r} is not one of "
@@ -106,6 +140,30 @@ class SteeringParams:
         if "hub_classifiers" in section:
             section["hub_classifiers"] = dict(section["hub_classifiers"])
         return cls(**section)
+
+    @property
+    def direction_variable(self) -> str:
+        """The vectors-store variable that steers (``store.DIRECTION_VARIABLES``)."""
+        return store.DIRECTION_VARIABLES[self.direction_contrast]
+
+    def fluency_band(self) -> FluencyBand:
+        return FluencyBand(
+            self.fluency_max_perplexity_ratio,
+            self.fluency_max_empty_rate,
+            self.fluency_min_distinct_2_ratio,
+        )
+
+
+@dataclass(frozen=True)
+class FluencyBand:
+    """Where a steering configuration still writes text like the unsteered run: median
+    perplexity at most ``max_perplexity_ratio`` x the unsteered median, at most
+    ``max_empty_rate`` empty generations, median distinct-2 at least
+    ``min_distinct_2_ratio`` x the unsteered median (``steering.fluency_*``)."""
+
+    max_perplexity_ratio: float
+    max_empty_rate: float
+    min_distinct_2_ratio: float
 
 
 @dataclass(frozen=True)
@@ -150,6 +208,42 @@ class SteerConfig:
         }
 
 
+def projected_variance(x: Float[np.ndarray, "n d"], unit: Float[np.ndarray, " d"]) -> float:
+    """Sample variance of ``x`` (rows = samples) along the direction ``unit``."""
+    x = np.asarray(x, np.float64)
+    u = np.asarray(unit, np.float64)
+    return float(np.var(x @ (u / np.linalg.norm(u)), ddof=1)) if len(x) > 1 else 0.0
+
+
+def matched_controls(
+    x: Float[np.ndarray, "n d_model"],
+    directions: Mapping[str, Float[np.ndarray, " d_model"]],
+    seeds: Sequence[int],
+    layer: int,
+    base_seed: int = 0,
+) -> tuple[dict[int, Float[np.ndarray, " d_model"]], dict]:
+    """One variance-matched random unit direction per seed at one layer.
+
+    ``x``: train-split activations at ``blocks.{layer}.hook_resid_pre`` and the steering
+    position; ``directions``: the layer's emotion directions. The target is the direction of
+    median projected variance (the lower middle one for an even count): the controls are
+    shared by every direction of the layer, as the generations are. Seed ``s`` draws from
+    ``rng(base_seed, s, layer)``. Returns ({seed: unit}, {"target": condition, "variance":
+    {condition or random:s: projected variance}}).
+    """
+    if not directions:
+        raise SteeringError(f"layer {layer}: no emotion direction to match the controls to")
+    variance = {c: projected_variance(x, u) for c, u in directions.items()}
+    ranked = sorted(variance, key=variance.get)
+    target = ranked[(len(ranked) - 1) // 2]
+    units = {}
+    for seed in seeds:
+        u = matched_unit(x, directions[target], rng(base_seed, seed, layer))
+        units[int(seed)] = u
+        variance[f"random:{seed}"] = projected_variance(x, u)
+    return units, {"target": target, "variance": variance}
+
+
 def build_configs(
     params: SteeringParams,
     layers: Sequence[int],
@@ -158,13 +252,15 @@ def build_configs(
     resid_norms: Mapping[int, float],
     d_model: int,
     base_seed: int = 0,
+    control_x: Mapping[int, Float[np.ndarray, "n d_model"]] | None = None,
 ) -> list[SteerConfig]:
     """The sweep: the unsteered baseline, then layer x alpha x direction configurations.
 
     directions: {layer: {condition: unit}}; subspaces: {layer: {condition: components}};
-    resid_norms: {layer: mean residual norm}. Alpha 0 is the unsteered baseline (generated
-    once per prompt), so zero alphas add no configurations. The random control of seed s at
-    layer L is :func:`circuitflow.core.rand.random_unit` of ``(base_seed, s, L)``.
+    resid_norms: {layer: mean residual norm}; control_x: {layer: train-split activations at
+    the steering position}, needed for random controls (:func:`matched_controls`, seeded by
+    ``(base_seed, seed, layer)``; same scale as the steering vectors). Alpha 0 is the
+    unsteered baseline (generated once per prompt), so zero alphas add no configurations.
     """
     configs = [SteerConfig(direction=UNSTEERED)]
     for layer in layers:
@@ -179,9 +275,17 @@ def build_configs(
                         f"at layer {layer} (vectors.k_max too small?)"
                     )
                 named.append((f"pc{i}:{condition}", condition, False, None, comps[i]))
-        for seed in params.random_seeds:
-            unit = random_unit(d_model, base_seed, seed, layer)
-            named.append((f"random:{seed}", "", True, seed, unit))
+        if params.random_seeds:
+            x = None if control_x is None else control_x.get(layer)
+            if x is None or np.shape(x)[-1] != d_model:
+                raise SteeringError(
+                    f"steering.random_seeds: the matched controls at layer {layer} need "
+                    f"train-split activations [n, {d_model}] at blocks.{layer}.hook_resid_pre "
+                    "(control_x); pass them or set random_seeds: []"
+                )
+            units, _ = matched_controls(x, directions[layer], params.random_seeds, layer, base_seed)
+            for seed, unit in units.items():
+                named.append((f"random:{seed}", "", True, seed, unit))
         alphas = [("relative", a) for a in params.alphas_relative] + [
             ("raw", a) for a in params.alphas_raw
         ]
@@ -295,6 +399,7 @@ class Prompt:
     prompt_id: str
     text: str
     ids: list[int]
+    frame_id: str = ""  # the counterfactual frame the prompt comes from ("" for free prompts)
 
 
 def encode_prompts(
@@ -303,8 +408,9 @@ def encode_prompts(
     """Prompt token ids: ``template`` filled with each row's text, BOS prepended if asked."""
     texts = [template.format(text=row["text"]) for row in rows]
     names = [row["sample_id"] for row in rows]
+    frames = [str(row.get("frame_id") or "") for row in rows]
     ids = encode_texts(tokenizer, texts, names, prepend_bos)
-    return [Prompt(*p) for p in zip(names, texts, ids, strict=True)]
+    return [Prompt(*p) for p in zip(names, texts, ids, frames, strict=True)]
 
 
 def select_prompts(rows: Sequence[Mapping], baseline: str, n_prompts: int) -> list[Mapping]:

@@ -6,8 +6,11 @@ token at a hook before the readout, where ``u`` is the attribute's unit mean-dif
 direction at that hook (vectors store), ``sign = -sign(level)`` points back towards the good
 (unchanged) image and ``scale = alpha * mean ||x||`` (pooled-mean activation norm at that hook,
 train split of the activation store; ``alphas_relative``). The same signed scale along seeded
-random unit directions is the control. The readout is the attribute probe at the later readout
-hook (as in patching), and the measured value is its shift towards the good level:
+random directions matched in the variance they carry is the control
+(:func:`circuitflow.core.rand.matched_unit` on the train-split pooled activations at the hook,
+target the attribute's direction; :func:`vision_controls`). The readout is the attribute
+probe at the later readout hook (as in patching), and the measured value is its shift
+towards the good level:
 
     readout_shift = sign * (r_steered - r_poor)          (level units; > 0 = towards good)
     gap_closed    = readout_shift / |r_good - r_poor|
@@ -15,6 +18,9 @@ hook (as in patching), and the measured value is its shift towards the good leve
 For open_clip models the CLIP prompt readout (cosine-similarity units) is measured too: rows
 with ``readout_kind`` ``clip_prompts``, metric ``readout_shift_clip_prompts``. For VLMs the
 greedy description of the image can be steered as well (:func:`run_descriptions`).
+
+Units: a photo's variants are not independent, so ``measurements.csv`` names the source
+photo as the unit (``unit_kind`` photo); the statistics average a photo's variants.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from circuitflow import store
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.core.hooks import attach_modules, main_output
 from circuitflow.core.layers import depth_to_block
-from circuitflow.core.rand import random_unit
+from circuitflow.core.rand import matched_unit, rng
 from circuitflow.models import Runner, VisionModel, edit_tokens, take_images
 from circuitflow.models.readout import ClipPromptReadout, ImagePair, Readout, measure, runner_for
 from circuitflow.workflow import schema_backed
@@ -118,16 +124,62 @@ def add_vectors(
     return fn
 
 
+Controls = Mapping[tuple[str, str, int], Float[np.ndarray, " d"]]  # (hook, attribute, seed)
+
+
+def vision_controls(
+    control_x: Mapping[str, Float[np.ndarray, "n d"]],
+    directions: Directions,
+    seeds: Sequence[int],
+    all_hooks: Sequence[str],
+    base_seed: int = 0,
+) -> dict[tuple[str, str, int], Float[np.ndarray, " d"]]:
+    """{(hook, attribute, seed): unit}: a random direction carrying the variance of the
+    train-split pooled activations ``control_x[hook]`` that the attribute's direction carries
+    (:func:`~circuitflow.core.rand.matched_unit`), seeded by (base_seed, seed, the hook's
+    index in ``all_hooks``, the attribute's index in ``store.GRADED_ATTRIBUTES``)."""
+    out = {}
+    for (hook, attribute), unit in directions.items():
+        if hook not in control_x:
+            raise VisionSteeringError(
+                f"vision.steering.random_seeds: no train-split activations for {hook} to "
+                "draw the matched controls from"
+            )
+        where = (list(all_hooks).index(hook), store.GRADED_ATTRIBUTES.index(attribute))
+        for s in seeds:
+            g = rng(base_seed, s, *where)
+            out[hook, attribute, int(s)] = matched_unit(control_x[hook], unit, g)
+    return out
+
+
 def _directions(
-    units: Float[np.ndarray, "batch d"], seeds: Sequence[int], index: int, base_seed: int
+    units: Float[np.ndarray, "batch d"],
+    attributes: Sequence[str],
+    hook: str,
+    seeds: Sequence[int],
+    controls: Controls,
 ) -> list[tuple[str, str, int | str, np.ndarray]]:
-    """(direction, arm, seed, units [batch, d]): the attribute, then one random unit per seed
-    (seeded by the hook's index among the block hooks)."""
+    """(direction, arm, seed, units [batch, d]): the attribute, then per seed each image's
+    matched control for its attribute."""
     dirs = [("attribute", "treatment", "", units)]
     for s in seeds:
-        u = random_unit(units.shape[1], base_seed, s, index)
-        dirs.append((f"random:{s}", "control", s, np.broadcast_to(u, units.shape)))
+        u = np.stack([controls[hook, a, int(s)] for a in attributes])
+        dirs.append((f"random:{s}", "control", s, u))
     return dirs
+
+
+def _controls(
+    control_x, directions: Directions, hooks, cfg: VisionSteerConfig, all_hooks, base_seed: int
+) -> dict:
+    if not cfg.random_seeds:
+        return {}
+    if control_x is None:
+        raise VisionSteeringError(
+            "vision.steering.random_seeds: the matched controls need the train-split pooled "
+            "activations per steered hook (control_x); pass them or set random_seeds: []"
+        )
+    used = {k: v for k, v in directions.items() if k[0] in hooks}
+    return vision_controls(control_x, used, cfg.random_seeds, all_hooks, base_seed)
 
 
 def run_steering(
@@ -142,13 +194,16 @@ def run_steering(
     base_seed: int = 0,
     all_hooks: Sequence[str] | None = None,
     clip: ClipPromptReadout | None = None,
+    control_x: Mapping[str, Float[np.ndarray, "n d"]] | None = None,
 ) -> list[dict]:
     """One row per pair x hook x alpha x direction (attribute, random seeds) x readout kind
     (probe; clip_prompts with ``clip``): r_poor, r_good, r_steered, readout_shift, gap_closed.
     ``norms``: {hook: mean pooled norm}; ``all_hooks``: the block hooks in forward order
-    (random-direction seeds are per hook index in it)."""
+    (random-direction seeds are per hook index in it); ``control_x``: {hook: train-split
+    pooled activations} the matched controls are drawn from (needed with random seeds)."""
     runner = runner_for(vm, readouts, clip, cfg.position)
     index = list(all_hooks or hooks)
+    controls = _controls(control_x, directions, hooks, cfg, index, base_seed)
     rows = []
     for i0 in range(0, len(pairs), cfg.batch_size):
         chunk = list(pairs[i0 : i0 + cfg.batch_size])
@@ -161,7 +216,8 @@ def run_steering(
         for hook in hooks:
             kind = runner.points[hook].kind
             units = np.stack([directions[hook, p.attribute] for p in chunk])  # [B, d]
-            dirs = _directions(units, cfg.random_seeds, index.index(hook), base_seed)
+            attrs = [p.attribute for p in chunk]
+            dirs = _directions(units, attrs, hook, cfg.random_seeds, controls)
             for alpha in cfg.alphas_relative:
                 scale = alpha * norms[hook]
                 for direction, arm, seed, u in dirs:
@@ -201,7 +257,8 @@ def run_steering(
 
 def image_measurement_rows(table, dataset: str, model: str, position: str) -> list[dict]:
     """samples.csv rows -> store.MEASUREMENTS_FILE rows: metric readout_shift, treatment =
-    attribute direction, control = random directions (seeds), baseline = unsteered (0)."""
+    attribute direction, control = matched random directions (seeds), baseline = unsteered
+    (0); unit = the source photo (``unit_kind`` photo: its variants are averaged)."""
     out = []
     for r in table:
         kind = r.get("readout_kind", "probe")
@@ -215,7 +272,8 @@ def image_measurement_rows(table, dataset: str, model: str, position: str) -> li
             "condition": r["attribute"],
             "setting": f"alpha={r['alpha']:g} readout={r['readout']}",
             "metric": "readout_shift" if kind == "probe" else f"readout_shift_{kind}",
-            "unit": r["unit"],
+            "unit": r["source"],
+            "unit_kind": "photo",
         }
         out.append({**common, "arm": r["arm"], "value": float(r["readout_shift"])})
         if r["arm"] == "treatment":
@@ -284,12 +342,15 @@ def run_descriptions(
     prompt: Sequence[int] = (),
     base_seed: int = 0,
     all_hooks: Sequence[str] | None = None,
+    control_x: Mapping[str, Float[np.ndarray, "n d"]] | None = None,
 ) -> list[dict]:
     """For a VLM: steer vision-tower ``hooks`` (attribute direction towards the original vs
-    random directions, as :func:`run_steering`) and record the greedy description's tokens and
-    the fraction that differ from the unsteered description (``description_changed``)."""
+    matched random directions, as :func:`run_steering`) and record the greedy description's
+    tokens and the fraction that differ from the unsteered description
+    (``description_changed``)."""
     runner = Runner(vm, vm.hooks[-1].name)
     index = list(all_hooks or hooks)
+    controls = _controls(control_x, directions, hooks, cfg, index, base_seed)
     rows = []
     for i0 in range(0, len(pairs), cfg.batch_size):
         chunk = list(pairs[i0 : i0 + cfg.batch_size])
@@ -299,7 +360,8 @@ def run_descriptions(
         for hook in hooks:
             kind = runner.points[hook].kind
             units = np.stack([directions[hook, p.attribute] for p in chunk])
-            dirs = _directions(units, cfg.random_seeds, index.index(hook), base_seed)
+            attrs = [p.attribute for p in chunk]
+            dirs = _directions(units, attrs, hook, cfg.random_seeds, controls)
             layer, site = store.parse_hook_name(hook)
             for alpha in cfg.alphas_relative:
                 scale = alpha * norms[hook]
@@ -318,6 +380,7 @@ def run_descriptions(
                             "arm": arm,
                             "seed": seed,
                             "unit": p.unit,
+                            "source": p.source,
                             "attribute": p.attribute,
                             "level": p.level,
                             "tokens_unsteered": " ".join(map(str, plain[i])),
@@ -340,7 +403,8 @@ def description_hooks(hooks: Sequence[str], steer: Sequence[str], readout: str) 
 
 
 def description_measurement_rows(table, dataset: str, model: str, position: str) -> list[dict]:
-    """descriptions.csv rows -> measurements (metric description_changed; baseline 0)."""
+    """descriptions.csv rows -> measurements (metric description_changed; baseline 0; unit =
+    the source photo, ``unit_kind`` photo)."""
     out = []
     for r in table:
         common = {
@@ -353,7 +417,8 @@ def description_measurement_rows(table, dataset: str, model: str, position: str)
             "condition": r["attribute"],
             "setting": f"alpha={r['alpha']:g} readout=description",
             "metric": "description_changed",
-            "unit": r["unit"],
+            "unit": r["source"],
+            "unit_kind": "photo",
         }
         out.append({**common, "arm": r["arm"], "value": r["description_changed"]})
         if r["arm"] == "treatment":

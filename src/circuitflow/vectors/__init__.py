@@ -1,5 +1,6 @@
-"""Vectors phase: mean-difference directions and their PCA subspaces (:mod:`.diffmeans`), and
-linear probes of image attributes (:mod:`.probes`)."""
+"""Vectors phase: mean-difference directions and their PCA subspaces (:mod:`.diffmeans`),
+emotion-specific directions and their held-out specificity (:mod:`.specificity`), and linear
+probes of image attributes (:mod:`.probes`)."""
 
 from circuitflow.core.ridge import readout_weights, source_contrast
 from circuitflow.vectors.diffmeans import (
@@ -22,10 +23,48 @@ from circuitflow.vectors.probes import (
     run_probes,
     select_alpha,
 )
+from circuitflow.vectors.specificity import (
+    CONTRASTS,
+    PROBES,
+    HookSpecificity,
+    RidgeProbe,
+    SpecificityConfig,
+    auroc,
+    contrast_directions,
+    cosine_to_shared,
+    cv_folds,
+    cv_groups,
+    cv_specificity,
+    directions_vs_others,
+    hook_specificity,
+    probe_directions,
+    projection_variable,
+    select_hooks,
+    shared_axis,
+    specificity_rows,
+)
 
 __all__ = [
     "ALPHAS",
     "CLASSIFIED",
+    "CONTRASTS",
+    "PROBES",
+    "RidgeProbe",
+    "SpecificityConfig",
+    "auroc",
+    "contrast_directions",
+    "cosine_to_shared",
+    "cv_folds",
+    "cv_groups",
+    "cv_specificity",
+    "directions_vs_others",
+    "hook_specificity",
+    "HookSpecificity",
+    "probe_directions",
+    "projection_variable",
+    "select_hooks",
+    "shared_axis",
+    "specificity_rows",
     "GRADED",
     "ProbeResult",
     "cosine_matrix",

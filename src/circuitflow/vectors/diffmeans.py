@@ -14,6 +14,8 @@ from circuitflow.core.subspaces import difference_vectors, pca_subspace
 
 __all__ = ["difference_vectors", "pca_subspace"]  # re-exported: the vectors phase's subspaces
 
+UNIT_KIND = "sample"  # what one independent unit of the separation measurements is
+
 
 def mean_difference(
     acts: np.ndarray, labels: np.ndarray, condition: str, baseline: str, mask: np.ndarray
@@ -76,12 +78,16 @@ def separation_measurements(
     baseline: str,
     dataset: str,
     model: str,
+    cosine: Float[np.ndarray, "hook position condition"] | None = None,
 ) -> pd.DataFrame:
     """Held-out separation along each train-split direction as ``measurements.csv`` rows:
     per hook x position x condition, the test-split projections of the condition's samples
     (arm ``treatment``) and of the baseline's (arm ``baseline``); unit = sample, so the
     statistics phase compares them as independent groups. A comparison with a non-finite
-    projection is left out."""
+    projection is left out. Setting ``contrast=vs_neutral`` (the direction's contrast),
+    ``unit_kind`` sample, and where ``cosine`` (each direction's cosine to the axis all
+    conditions share) is given, ``note`` names it: a cosine near 1 means the row measures
+    that shared axis, not the condition (see :mod:`.specificity`)."""
     test = split == "test"
     base = test & (labels == baseline)
     frames = []
@@ -104,11 +110,15 @@ def separation_measurements(
                                 "site": site,
                                 "position": position,
                                 "condition": condition,
-                                "setting": "",
+                                "setting": "contrast=vs_neutral",
                                 "metric": "projection_on_mean_diff",
                                 "arm": arm,
                                 "unit": samples[mask],
                                 "value": values[mask].astype(np.float64),
+                                "unit_kind": UNIT_KIND,
+                                "note": ""
+                                if cosine is None
+                                else f"shared-axis cosine {cosine[h, p, c]:.2f}",
                             }
                         )
                     )

@@ -1,11 +1,14 @@
 # Cross-model alignment and k-sweep (issue 3): maps learned on neutral samples, emotion-subspace
-# overlap before/after mapping, random and shuffled-pairing baselines, in one tidy CSV; and a
+# overlap after mapping against nulls that go through the same map (shuffled pairings, permuted
+# labels), CKA and mutual k-NN against shuffled pairings, in one tidy CSV + summaries; and a
 # bootstrap over samples of the overlaps (issue 5, input of the k selection).
 
 
 rule align_models:
     """Procrustes / ridge / CCA maps model_a -> model_b on train neutral samples; mean cos² of
-    principal angles between mapped and target emotion subspaces for k = 1..k_max."""
+    principal angles between mapped and target emotion subspaces for k = 1..k_max; at matched
+    depths and k in stats.alignment_k, the shuffled-pairing and permuted-label nulls, and
+    debiased CKA / mutual k-NN of the test samples (summaries: design permutation)."""
     input:
         activations_a=lambda wc: store.ACTIVATIONS.format(
             dataset=wc.dataset, model=wc.model_a
@@ -31,7 +34,7 @@ rule align_models:
         model_a="{model_a}",
         model_b="{model_b}",
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
-        alignment=alignment_map_settings(),
+        alignment=lambda wc: alignment_map_settings(wc.dataset),
         summary_k=config["stats"]["alignment_k"],
         k_max=config["alignment"].get("k_max", config["vectors"]["k_max"]),
         seed=config["seed"],
@@ -66,7 +69,7 @@ rule alignment_bootstrap:
         model_a="{model_a}",
         model_b="{model_b}",
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
-        alignment=alignment_map_settings(),
+        alignment=lambda wc: alignment_map_settings(wc.dataset),
         bootstrap=alignment_bootstrap_settings(),
         k_max=config["alignment"].get("k_max", config["vectors"]["k_max"]),
         seed=config["seed"],

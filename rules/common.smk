@@ -245,7 +245,9 @@ def alignment_summaries_targets():
 
 
 def sae_measurements_targets():
-    return sae_targets()  # directory outputs: their measurements.csv (store.measurements_file)
+    return (
+        sae_targets()
+    )  # directory outputs: their measurements.csv (store.measurements_file)
 
 
 # The statistics phase's inputs: measurements.csv files (store.MEASUREMENTS_FILE layout, per

@@ -28,7 +28,7 @@ rule patch_model:
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         seed=config["seed"],
-        patching=config["patching"],
+        patching=lambda wc: phase_config("patching", wc.dataset),
     script:
         "../workflow_scripts/patching_model.py"
 

@@ -49,6 +49,7 @@ rule summary:
         effects=EFFECT_SIZES,
         power=store.POWER_ANALYSIS,
         k_selection=store.K_SELECTION,
+        calibration=CALIBRATION,
     output:
         "results/stats/summary.md",
     log:

@@ -32,7 +32,7 @@ rule steer_sweep:
         dtype=lambda wc: model_entry(wc.model)["dtype"],
         device=lambda wc: model_entry(wc.model)["device"],
         prepend_bos=lambda wc: model_entry(wc.model)["prepend_bos"],
-        steering=config["steering"],
+        steering=lambda wc: phase_config("steering", wc.dataset),
         metrics=config["stats"]["steering_metrics"],
         seed=config["seed"],
     script:

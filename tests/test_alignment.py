@@ -620,8 +620,9 @@ def _shared(seed, d_a=96, d_b=107, n_train=200, n_test=40, s=16):
     return sides
 
 
-def test_permuted_subspaces_are_the_vectors_phase_subspaces():
-    a, _ = _unrelated(0, n_train=30)
+@pytest.mark.parametrize("n_train", [30, 100, 160])  # batched, LAPACK, Lanczos eigenpairs
+def test_permuted_subspaces_are_the_vectors_phase_subspaces(n_train):
+    a, _ = _unrelated(0, n_train=n_train)
     rows = a.labelled
     x, labels = rows.train_rows(), rows.labels[rows.train]
     perms = [np.arange(len(x)), np.random.default_rng(1).permutation(len(x))]
@@ -729,8 +730,22 @@ def test_unrelated_models_give_uniform_p_values():
     independent and the KS test is exact."""
     from scipy.stats import kstest
 
-    n_rep, p, z = 240, {"shuffled": [], "permuted": [], "similarity": []}, []
-    for rep in range(n_rep):
+    p, z = _unrelated_p_values(range(240))
+    # the seed's baseline: "significant" although nothing is shared
+    assert np.mean(np.array(z) > 3) > 0.75
+    assert [len(v) for v in p.values()] == [240, 240, 120, 120]
+    for name, values in p.items():
+        # mutual k-NN counts shared neighbours: ties with the null make its p conservative,
+        # so only the anti-conservative side is tested
+        side = "greater" if name == "mutual_knn" else "two-sided"
+        assert kstest(values, "uniform", alternative=side).pvalue > 0.01, name
+        assert np.mean(np.array(values) < 0.05) <= 0.08, name
+
+
+def _unrelated_p_values(reps):
+    p = {"shuffled": [], "permuted": [], "cka_debiased": [], "mutual_knn": []}
+    z = []
+    for rep in reps:
         method, k = alignment.METHODS[rep % 3], (1, 3)[rep // 3 % 2]
         condition, measure = EMOTIONS[rep // 6 % 3], alignment.SIMILARITY_MEASURES[rep % 2]
         config = alignment.AlignmentConfig(
@@ -745,13 +760,8 @@ def test_unrelated_models_give_uniform_p_values():
         z.append((row.overlap_after - row.overlap_random_mean) / row.overlap_random_sd)
         for null in ("shuffled", "permuted"):
             p[null].append(_p(row, null))
-        p["similarity"].append(_p(alignment.similarity_pair(*one, config)[0], "shuffled"))
-    # the seed's baseline: "significant" although nothing is shared
-    assert np.mean(np.array(z) > 3) > 0.75
-    for name, values in p.items():
-        assert len(values) == n_rep
-        assert kstest(values, "uniform").pvalue > 0.01, name
-        assert np.mean(np.array(values) < 0.05) <= 0.08, name
+        p[measure].append(_p(alignment.similarity_pair(*one, config)[0], "shuffled"))
+    return p, z
 
 
 def test_a_planted_shared_subspace_is_detected():
@@ -768,3 +778,25 @@ def test_a_planted_shared_subspace_is_detected():
     sim = pd.DataFrame(alignment.similarity_pair(a, b, config)).set_index("measure")
     assert (_p(sim, "shuffled") < 0.01).all()
     assert sim.similarity["cka_debiased"] > 0.2
+
+
+def test_shared_basis_none_has_the_permuted_label_null_only():
+    """Equal widths: ``none`` (the identity) is tested against permuted labels only; with the
+    identity permutation its draw is its observed overlap, and summaries say it assumes a
+    shared basis."""
+    a, b = _unrelated(7, d_a=30, d_b=30, n_train=40, n_test=10)
+    config = alignment.AlignmentConfig(methods=("ridge",), k_max=3, r_max=12)
+    identity = [np.arange(len(a.labelled.train_rows()))]
+    rows = pd.DataFrame(alignment.align_pair(a, b, config, null_ks=[1], label_perms=identity))
+    none = rows[(rows.method == "none") & (rows.k == 1)]
+    assert len(none) == 3 and (none.n_shuffled == 0).all() and (none.n_permuted == 1).all()
+    np.testing.assert_allclose(none.overlap_permuted, none.overlap_after, atol=1e-6)
+    for c in EMOTIONS:
+        direct = alignment.subspace_overlap(a.subspaces[c][:1], b.subspaces[c][:1])
+        assert none[none.condition == c].overlap_after.iloc[0] == pytest.approx(direct)
+    common = {"dataset": "d", "model_a": "a", "model_b": "b", "layer_a": 0, "layer_b": 0,
+              "site": "hook_resid_post", "position": "mean", "matched_depth": True}  # fmt: skip
+    summaries = alignment.alignment_summaries(rows.assign(**common), ks=[1])
+    none_rows = summaries[summaries.setting.str.startswith("method=none")]
+    assert set(none_rows.comparison) == {"vs_permuted_labels"}
+    assert none_rows.setting.str.contains("basis=shared(assumed)", regex=False).all()

@@ -473,7 +473,8 @@ def test_run_patching_tables(bridges, tiny_rows):
     ratio = ctrl.groupby("ablation").variance_ratio.median()
     assert abs(ratio["matched_direction"] - 1) < 1e-6 and ratio["direction"] == 1
     summary = patching.summarize(res, heads, ranking, abl, ctrl)
-    assert "ablation" in summary and "control_variance_ratio" in summary
+    assert "ablation" in summary and "control_variance_ratio_test" in summary
+    assert np.isfinite(ctrl.variance_test).all() and (ctrl.variance_test > 0).all()
     lost = patching.accuracy_lost(abl)
     assert set(lost.ablation) == {
         "direction",

@@ -104,6 +104,7 @@ def test_choice_lists_are_one_constant_each():
         "extract.store_dtype": (_enum("extract", "store_dtype"), extract.STORE_DTYPES),
         "sae.architectures": (_enum("sae", "architectures"), sae.ARCHITECTURES),
         "alignment.methods": (_enum("alignment", "methods"), alignment.METHODS),
+        "alignment.similarity": (_enum("alignment", "similarity"), alignment.SIMILARITY_MEASURES),
         "alignment.sites": (_enum("alignment", "sites"), store.SITES),
         "alignment.positions": (_enum("alignment", "positions"), store.POSITIONS),
         "patching.split": (_enum("patching", "split"), patching.SPLITS),

@@ -1,9 +1,12 @@
 """align_models: activation + vectors stores of two models -> results/alignment CSV.
 
-Maps model_a -> model_b fit on train-split neutral samples (Procrustes, ridge, CCA), and the
-overlap of each emotion subspace before/after mapping with random and shuffled-pairing
-baselines, one tidy row per layer pair x site x position x condition x method x k (see
-circuitflow.alignment for every definition). Plus a sidecar manifest.
+Maps model_a -> model_b fit on train-split neutral samples (Procrustes, ridge, CCA; the
+identity only for equal widths), the overlap of each emotion subspace after mapping, and at
+matched depths for the k of stats.alignment_k its two nulls through the same map (maps refit
+on shuffled pairings; the fitted maps on subspaces of permuted labels) plus debiased CKA and
+mutual k-NN of the test samples against shuffled pairings: one tidy row per layer pair x site
+x position x measure x condition x method x k (see circuitflow.alignment for every
+definition). The summaries (design permutation) feed the statistics. Plus sidecar manifests.
 """
 
 import time
@@ -34,17 +37,14 @@ def main(smk):
                 sample_order=ids,
                 model=p[f"model_{side}"],
             )
-        print(f"read {len(ids)} {p.baseline} samples in {time.perf_counter() - start:.1f}s")
-        table = alignment.alignment_table(inputs["a"], inputs["b"], config, p.dataset, log=print)
+        print(f"read {len(ids)} samples in {time.perf_counter() - start:.1f}s")
+        table = alignment.alignment_table(
+            inputs["a"], inputs["b"], config, p.dataset, log=print, null_ks=list(p.summary_k)
+        )
     table.to_csv(smk.output.table, index=False, float_format="%.6g")
     print(f"{len(table)} rows in {time.perf_counter() - start:.1f}s")
     # the tests read the table as written (its precision), as any reader of the CSV would
-    summaries = alignment.alignment_summaries(
-        pd.read_csv(smk.output.table),
-        n_random=config.n_random,
-        n_shuffles=config.n_shuffles,
-        ks=p.summary_k,
-    )
+    summaries = alignment.alignment_summaries(pd.read_csv(smk.output.table), ks=p.summary_k)
     summaries.to_csv(smk.output.summaries, index=False)
     store.write_manifest(
         smk.output.summaries,
@@ -62,8 +62,14 @@ def main(smk):
             "model_b": p.model_b,
             "baseline": p.baseline,
             "alignment": alignment.config_dict(config),
+            "null_k": list(p.summary_k),
         },
-        seeds={"shuffles": config.seed, "random_subspaces": config.seed},
+        seeds={
+            "shuffles": config.seed,
+            "label_permutations": config.seed,
+            "pairing_permutations": config.seed,
+            "random_subspaces": config.seed,
+        },
         extra={"n_rows": len(table), "n_train_neutral": int(table["n_train_neutral"].max())},
     )
 

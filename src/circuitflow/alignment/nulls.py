@@ -140,8 +140,12 @@ def permuted_subspaces(
             c = np.take_along_axis(cross[sl], idx[sl], axis=1)  # [p, m]
             g = gram[idx[sl, :, None], idx[sl, None, :]]  # [p, m, m]
             g -= c[:, :, None] + c[:, None, :] - mean_sq[sl, None, None]
-            for q, gq in enumerate(g):
-                w, u = top_eigenpairs(gq, kk)
+            if m <= _BATCHED_EIGH:  # small: one batched LAPACK call, no per-matrix overhead
+                w_all, u_all = np.linalg.eigh(g)
+                pairs = zip(w_all[:, ::-1][:, :kk], u_all[:, :, ::-1][:, :, :kk], strict=True)
+            else:
+                pairs = (top_eigenpairs(gq, kk) for gq in g)
+            for q, (w, u) in enumerate(pairs):
                 keep = w > 1e-12 * max(w[0], np.finfo(float).tiny)
                 scaled[start + q, : keep.sum()] = (u[:, keep] / np.sqrt(w[keep])).T
         coef = out[:, j, :kk]  # [P, k, N]: the condition rows minus the mean baseline row
@@ -151,18 +155,22 @@ def permuted_subspaces(
 
 
 _CHUNK = 50  # permutations whose n_c x n_c matrices are formed at once
+_BATCHED_EIGH = 64  # up to this n_c, all eigenpairs of a chunk in one batched call
 
 
 def top_eigenpairs(g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest eigenvalues (descending) and eigenvectors ``[m, k]`` of a symmetric
-    ``g [m, m]``: Lanczos (ARPACK ``eigsh``, tol 0 = machine precision, a fixed start
-    vector) where m is large against k, ~2x faster than LAPACK's subset ``eigh`` at m ~ 250;
-    LAPACK for small m or if ARPACK does not converge."""
+    ``g [m, m]``: Lanczos (ARPACK ``eigsh``, relative tol 1e-10, 20 Lanczos vectors, a fixed
+    start vector) for m > 120, where it beats LAPACK's subset ``eigh`` (one core, k = 3:
+    0.78 vs 2.3 ms at m = 245, 0.61 vs 0.94 ms at m = 160; subspaces equal to 1e-14);
+    LAPACK otherwise or if ARPACK does not converge."""
     m = len(g)
-    if m > 4 * k + 20:
+    if m > max(120, 4 * k + 20):
         start = np.random.default_rng(0).standard_normal(m)
         try:
-            w, u = eigsh(g, k=k, which="LA", tol=0, v0=start)
+            w, u = eigsh(
+                g, k=k, which="LA", tol=1e-10, ncv=min(m - 1, max(20, 2 * k + 1)), v0=start
+            )
         except ArpackNoConvergence:
             pass
         else:

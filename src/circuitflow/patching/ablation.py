@@ -326,8 +326,9 @@ def summarize(
     controls: pd.DataFrame | None = None,
 ) -> dict:
     """Key figures: best layer x position per condition, top heads, above-chance accuracy
-    lost under directional ablation against its controls, and the median ratio of the train
-    variance each control carries to the treatment's (``controls``: ablation_controls.csv)."""
+    lost under directional ablation against its controls, and the median ratio of the
+    variance each control carries to the treatment's over the train and the test tokens
+    (``controls``: ablation_controls.csv)."""
     out: dict = {}
     if len(residual):
         ok = residual[~residual["small_denominator"]]
@@ -364,9 +365,10 @@ def summarize(
         ]
     if len(ablation):
         out["ablation"] = accuracy_lost(ablation).round(3).to_dict(orient="records")
-    if controls is not None and len(controls):
-        ratio = controls.groupby("ablation", sort=True)["variance_ratio"].median()
-        out["control_variance_ratio"] = {k: round(float(v), 4) for k, v in ratio.items()}
+    for col in ("variance_ratio", "variance_ratio_test"):
+        if controls is not None and col in controls:
+            ratio = controls.groupby("ablation", sort=True)[col].median()
+            out[f"control_{col}"] = {k: round(float(v), 4) for k, v in ratio.items()}
     return out
 
 

@@ -105,7 +105,8 @@ def record_train_stats(
     mode: str = "mean",
     batch_size: int = 32,
 ) -> TrainStats:
-    """One unablated forward over ``samples``: the :class:`TrainStats` of ``layers``."""
+    """One unablated forward over ``samples`` (the control samples of the train split; the
+    test samples for the check in :func:`control_variances`): their :class:`TrainStats`."""
     if not samples:
         raise PatchingError("patching.control_samples: no train samples; add train samples")
     d = patcher.d_model
@@ -255,32 +256,33 @@ def ablation_set(
 
 
 def control_variances(
-    ablations: Mapping[str, Sequence[Ablation]], stats: TrainStats, layers: Sequence[int]
+    ablations: Mapping[str, Sequence[Ablation]],
+    stats: TrainStats,
+    layers: Sequence[int],
+    test: TrainStats | None = None,
 ) -> list[dict]:
     """Per condition x ablation x seed x layer: the variance its basis carries over the train
-    tokens, and the ratio to the treatment of the same dimension (1 for matched controls)."""
+    tokens the controls were drawn from, and its ratio to the treatment of the same dimension
+    (1 for a matched direction); with ``test`` (the moments of the ablated test samples'
+    tokens) the same over those tokens, the variance the ablation actually removes."""
     rows = []
+    sources = {"": stats} | ({"_test": test} if test is not None else {})
     for c, abls in ablations.items():
-        ref = {
-            (a.k, layer): stats.variance(layer, a.bases[j])
-            for a in abls
-            if a.name in ("direction", "subspace")
-            for j, layer in enumerate(layers)
-        }
+        treated = [a for a in abls if a.name in ("direction", "subspace")]
         for a in abls:
             for j, layer in enumerate(layers):
-                v = stats.variance(layer, a.bases[j])
-                treated = ref.get((a.k, layer), np.nan)
-                rows.append(
-                    {
-                        "condition": c,
-                        "ablation": a.name,
-                        "k": a.k,
-                        "seed": a.seed,
-                        "layer": layer,
-                        "hook": store.hook_name(layer, "hook_resid_pre"),
-                        "variance": v,
-                        "variance_ratio": v / treated if treated > 0 else np.nan,
-                    }
-                )
+                row = {
+                    "condition": c,
+                    "ablation": a.name,
+                    "k": a.k,
+                    "seed": a.seed,
+                    "layer": layer,
+                    "hook": store.hook_name(layer, "hook_resid_pre"),
+                }
+                for suffix, st in sources.items():
+                    v = st.variance(layer, a.bases[j])
+                    ref = [st.variance(layer, t.bases[j]) for t in treated if t.k == a.k]
+                    row["variance" + suffix] = v
+                    row["variance_ratio" + suffix] = v / ref[0] if ref and ref[0] > 0 else np.nan
+                rows.append(row)
     return rows

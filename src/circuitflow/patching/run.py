@@ -234,7 +234,18 @@ def run_text_patching(
             )
             for ci, c in enumerate(conditions)
         }
-        variances = pd.DataFrame(control_variances(ablations, stats, abl_layers))
+        # the variance each basis carries over the ablated test samples' own tokens
+        test_stats = record_train_stats(
+            patcher,
+            samples,
+            toks,
+            pad,
+            abl_layers,
+            cfg.probe_position,
+            cfg.direction_position,
+            cfg.ablation_mode,
+        )
+        variances = pd.DataFrame(control_variances(ablations, stats, abl_layers, test_stats))
         timings["ablation_controls_s"] = time.time() - t
         bar = tqdm(total=0, desc=f"ablation {model_name}", disable=not progress)
         ablation, base_feats = directional_ablation(

@@ -307,9 +307,11 @@ def head_heatmap(
 def overlap_vs_k(alignment: pd.DataFrame, site: str = "hook_resid_post") -> Figure:
     """Subspace overlap vs k at matched relative depths (mean over matched layer pairs):
     before mapping (method none), after each map, shuffled-pairing maps (dashed), and the
-    random-subspace band (mean ± 1.96 sd)."""
+    random-subspace band (mean ± 1.96 sd, descriptive)."""
     _style()
     a = alignment[alignment.matched_depth.astype(bool) & (alignment.site == site)]
+    if "measure" in a:
+        a = a[a.measure == "subspace_overlap"]
     positions = sorted(a.position.unique())
     conditions = sorted(a.condition.unique())
     fig, axes = plt.subplots(
@@ -327,7 +329,10 @@ def overlap_vs_k(alignment: pd.DataFrame, site: str = "hook_resid_post") -> Figu
             ax = axes[i, j]
             part = a[(a.position == position) & (a.condition == condition)]
             m = part.groupby(["method", "k"]).mean(numeric_only=True).reset_index()
-            rand = m[m.method == "none"]
+            rand = m.groupby("k").mean(numeric_only=True).reset_index()
+            ax.plot(
+                rand.k, rand.overlap_before, marker="o", ms=3, color="0.4", label="before (no map)"
+            )
             ax.fill_between(
                 rand.k,
                 rand.overlap_random_mean - 1.96 * rand.overlap_random_sd,
@@ -335,12 +340,12 @@ def overlap_vs_k(alignment: pd.DataFrame, site: str = "hook_resid_post") -> Figu
                 color="0.8",
                 label="random subspace (±1.96 sd)",
             )
-            for method, g in m.groupby("method"):
-                label = "before (no map)" if method == "none" else f"after: {method}"
+            for method, g in m[m.method != "none"].groupby("method"):
+                label = f"after: {method}"
                 ax.plot(
                     g.k, g.overlap_after, marker="o", ms=3, color=palette.get(method), label=label
                 )
-                if method != "none" and g.overlap_shuffled.notna().any():
+                if g.overlap_shuffled.notna().any():
                     ax.plot(
                         g.k,
                         g.overlap_shuffled,

@@ -54,6 +54,21 @@ def _variance(x_centered: np.ndarray, unit: np.ndarray) -> float:
     return float(((x_centered @ unit) ** 2).sum() / max(len(x_centered) - 1, 1))
 
 
+_LAST_DECOMPOSITION: list = []  # [(x, centred x, s, vt)]: one SVD serves repeated draws on x
+
+
+def _decomposition(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centred x, its nonzero singular values, right singular vectors); the last one is kept,
+    so the draws of many controls on the same activations share one SVD."""
+    if _LAST_DECOMPOSITION and _LAST_DECOMPOSITION[0][0] is x:
+        return _LAST_DECOMPOSITION[0][1:]
+    xc = np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    keep = s > s.max() * 1e-10
+    _LAST_DECOMPOSITION[:] = [(x, xc, s[keep], vt[keep])]
+    return xc, s[keep], vt[keep]
+
+
 def matched_unit(
     x: Float[np.ndarray, "n d"],
     target: Float[np.ndarray, " d"],
@@ -74,11 +89,8 @@ def matched_unit(
     ``x`` [n, d] are the activations the variance is measured on (centred here); ``target``
     need not be unit.
     """
-    xc = np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0)
+    xc, s, vt = _decomposition(x)
     want = _variance(xc, np.asarray(target, np.float64) / np.linalg.norm(target))
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    keep = s > s.max() * 1e-10
-    s, vt = s[keep], vt[keep]
     z = generator.standard_normal(xc.shape[1])
     c = vt @ z
     denom = max(len(xc) - 1, 1)

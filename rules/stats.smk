@@ -41,7 +41,8 @@ rule power_analysis:
 
 rule k_selection:
     """Bootstrap CI of the subspace overlap at each k; k chosen on some bootstrap replicates
-    and tested against random subspaces on the others (stats.k_select_fraction)."""
+    (stats.k_select_fraction) among the k of stats.alignment_k and tested against the
+    permuted-label null through the same map, Bonferroni over the choices."""
     input:
         tables=alignment_targets(),
         bootstrap=alignment_bootstrap_targets(),

@@ -848,89 +848,108 @@ _K_KEY = {"dataset": "e", "model_a": "a", "model_b": "b", "layer_a": 1, "layer_b
           "method": "procrustes"}  # fmt: skip
 
 
-def _k_inputs(overlap, rand, replicate_overlaps, random_sd=0.01):
+def _k_inputs(overlap, rand, replicate_overlaps, permuted=None, layers=((1, 2),)):
+    """Table and bootstrap rows; ``permuted`` maps k -> (null mean, null sd, n, n >= observed)
+    for the k with a permuted-label null."""
+    permuted = permuted or {}
     table = pd.DataFrame(
-        [{**_K_KEY, "k": k, "overlap_after": overlap[k], "overlap_random_mean": rand[k],
-          "overlap_random_sd": random_sd} for k in overlap]
+        [{**_K_KEY, "layer_a": la, "layer_b": lb, "matched_depth": True, "k": k,
+          "overlap_after": overlap[k], "overlap_random_mean": rand[k],
+          **dict(zip(["overlap_permuted", "overlap_permuted_sd", "n_permuted", "n_permuted_ge"],
+                     permuted.get(k, (np.nan, np.nan, 0, 0)), strict=True))}
+         for la, lb in layers for k in overlap]
     )  # fmt: skip
     boot = pd.DataFrame(
-        [{**_K_KEY, "replicate": b, "k": k, "overlap_after": v, "overlap_random_mean": rand[k],
-          "overlap_random_sd": random_sd}
+        [{**_K_KEY, "replicate": b, "k": k, "overlap_after": v}
          for b, values in enumerate(replicate_overlaps) for k, v in zip(overlap, values, strict=True)]
     )  # fmt: skip
     return table, boot
 
 
-def test_k_is_chosen_on_replicates_disjoint_from_its_test():
-    """Replicates 0-4 (the choice) peak at k = 3; at k = 3 replicates 5-9 (the test) are at the
-    random level. Choosing and testing on the same replicates passes; the disjoint test not."""
+def test_k_is_chosen_among_the_k_with_a_permuted_null_and_tested_against_it():
+    """Candidates are k = 1, 3 (a permuted-label null); k = 2 peaks but has none. Replicates
+    0-4 choose k = 3; p = (1 + 4) / (1 + 200), Bonferroni over 2 k x 3 layer pairs (best)."""
     rand = {1: 0.01, 2: 0.02, 3: 0.03}
-    overlap = {1: 0.2, 2: 0.3, 3: 0.6}  # the full-sample table also favours k = 3
-    reps = [[0.2, 0.3, 0.6 + 0.01 * b] for b in range(5)]  # choice: k = 3 every time
-    reps += [[0.2, 0.3, 0.03 + 0.002 * (b - 2)] for b in range(5)]  # test: k = 3 is random
-    table, boot = _k_inputs(overlap, rand, reps)
+    overlap = {1: 0.2, 2: 0.9, 3: 0.6}
+    reps = [[0.2, 0.9, 0.6 + 0.01 * b] for b in range(5)]
+    reps += [[0.3, 0.9, 0.25] for _ in range(4)] + [[0.2, 0.9, 0.6]]  # held out: 1 of 5 at 3
+    permuted = {1: (0.1, 0.05, 200, 120), 3: (0.2, 0.05, 200, 4)}
+    table, boot = _k_inputs(overlap, rand, reps, permuted, layers=((1, 2), (3, 4), (5, 6)))
     sel_text = stats.LAYER_SELECTION["best"]
-    out = stats.k_selection(table, boot, n_random=50, select_fraction=0.5, selection=sel_text)
+    out = stats.k_selection(table, boot, select_fraction=0.5, selection=sel_text, pair_chosen=True)
     assert list(out.columns) == stats.K_SELECTION_COLUMNS
+    assert list(out.candidate) == [True, False, True]
     sel = out[out.selected].iloc[0]
     assert sel.k_selected == 3 and (sel.n_select, sel.n_test, sel.n_bootstrap) == (5, 5, 10)
-    held = np.array([r[2] for r in reps[5:]])
-    assert sel.overlap_test == pytest.approx(held.mean())
-    assert sel.p_unadjusted == pytest.approx(0.5) and sel.n_k == 3  # 0.03 vs random 0.03
-    assert sel.p_vs_random == 1.0  # min(1, 3 x 0.5)
-    assert sel.p_boot == pytest.approx((1 + 3) / (1 + 5))  # 3 of 5 not above 0.03
-    assert sel.p_fdr_bh > 0.05 and sel.k_stability == 0.0  # held-out replicates peak at k = 2
-    assert "replicates 0-4" in sel.test and "replicates 5-9" in sel.test
-    assert sel.selection == sel_text and "not disjoint" in sel.selection
-    same = stats.compare_single_case(np.mean([r[2] for r in reps[:5]]), 0.03, 0.01, 50)
-    assert 3 * same["p"] < 1e-6  # what choosing and testing on replicates 0-4 would report
-    assert out[~out.selected].p_vs_random.isna().all()
+    assert (sel.n_k, sel.n_pairs) == (2, 3)
+    assert sel.p_permuted == pytest.approx(5 / 201)
+    assert sel.p_vs_permuted == pytest.approx(6 * 5 / 201)
+    assert sel.k_stability == pytest.approx(1 / 5)  # held-out replicates 5-8 peak at k = 1
+    assert "replicates 0-4" in sel.test and "200 permutations" in sel.test
+    assert "x 3 layer pairs" in sel.test and sel.selection == sel_text
+    assert out[~out.selected].p_vs_permuted.isna().all()
+    unchosen = stats.k_selection(table, boot, select_fraction=0.5, pair_chosen=False)
+    assert unchosen[unchosen.selected].iloc[0].p_vs_permuted == pytest.approx(2 * 5 / 201)
 
 
-def test_k_selection_held_out_test_and_bootstrap_ci():
+def test_k_selection_without_a_null_is_not_tested():
+    table, boot = _k_inputs({1: 0.5, 2: 0.6}, {1: 0.01, 2: 0.02}, [[0.5, 0.6]] * 4)
+    out = stats.k_selection(table, boot, select_fraction=0.5)
+    assert not out.selected.any() and out.p_fdr_bh.isna().all()
+    assert out.test.str.startswith("not tested: no k with a permuted-label null").all()
+
+
+def test_k_selection_bootstrap_ci():
     rand = {1: 0.01, 2: 0.02, 3: 0.03}
     overlap = {1: 0.30, 2: 0.55, 3: 0.50}
     peaks = [2, 2, 3, 2, 2, 2, 2, 3, 2, 1]  # replicate -> the k where it peaks
     reps = [[0.6 if k == peak else 0.2 for k in (1, 2, 3)] for peak in peaks]
-    reps[9][1] = 0.0  # replicate 9 is not above random at k = 2
-    table, boot = _k_inputs(overlap, rand, reps)
-    out = stats.k_selection(table, boot, n_random=50, select_fraction=0.4)
+    permuted = {k: (0.1, 0.05, 100, 0) for k in (1, 2, 3)}
+    table, boot = _k_inputs(overlap, rand, reps, permuted)
+    out = stats.k_selection(table, boot, select_fraction=0.4)
     sel = out[out.selected].iloc[0]
     assert list(out.selected) == [False, True, False] and sel.k_selected == 2
     assert (sel.n_select, sel.n_test) == (4, 6)
     assert sel.k_stability == pytest.approx(4 / 6)  # replicates 4-9 peak at 2, 2, 2, 3, 2, 1
     assert (sel.k_ci_low, sel.k_ci_high) == (1, 3)
-    held = np.array([r[1] for r in reps[4:]])
-    t = (held.mean() - 0.02) / (0.01 * math.sqrt(51 / 50))
-    assert sel.statistic == pytest.approx(t) and sel.df == 49
-    assert sel.p_unadjusted == pytest.approx(sps.t.sf(t, 49))  # one-sided: above random
-    assert sel.p_vs_random == pytest.approx(min(1.0, 3 * sps.t.sf(t, 49)))
-    assert sel.p_boot == pytest.approx((1 + 1) / (1 + 6))
+    assert sel.p_vs_permuted == pytest.approx(3 / 101)
     k2 = [r[1] for r in reps]
     assert sel.overlap_boot_mean == pytest.approx(np.mean(k2)) and sel.overlap == 0.55
     assert sel.overlap_ci_low == pytest.approx(np.quantile(k2, 0.025))
 
 
-def test_k_selection_null_rejects_at_most_alpha():
-    """Null alignments (every overlap a random draw): picking the best of 5 k inflates the
-    rejections, on the same overlaps or on held-out replicates of the same samples; the
-    Bonferroni bound over k (p_vs_random) keeps them at or below alpha."""
-    rng = np.random.default_rng(0)
-    n, ks, reps = 300, (1, 2, 3, 4, 5), 10
+def _null_k_tables(n, ks, reps, n_perm, rng, planted=0.0):
+    """n alignments whose overlap at every k is exchangeable with its permuted-label draws
+    (``planted`` added to the observed overlap at k = 1 shifts it above its null)."""
     tables, boots = [], []
     for i in range(n):
         key = {**_K_KEY, "condition": f"c{i:03d}"}
-        full = {k: 0.01 * k + rng.normal(0, 0.01) for k in ks}
-        tables += [{**key, "k": k, "overlap_after": full[k], "overlap_random_mean": 0.01 * k,
-                    "overlap_random_sd": 0.01} for k in ks]  # fmt: skip
-        boots += [{**key, "replicate": b, "k": k, "overlap_after": full[k] + rng.normal(0, 0.01),
-                   "overlap_random_mean": 0.01 * k, "overlap_random_sd": 0.01}
+        full = {k: 0.01 * k + rng.normal(0, 0.01) + (planted if k == 1 else 0) for k in ks}
+        for k in ks:
+            null = 0.01 * k + rng.normal(0, 0.01, n_perm)
+            tables.append({**key, "k": k, "overlap_after": full[k], "overlap_random_mean": 0.0,
+                           "matched_depth": True, "overlap_permuted": null.mean(),
+                           "overlap_permuted_sd": null.std(ddof=1), "n_permuted": n_perm,
+                           "n_permuted_ge": int((null >= full[k]).sum())})  # fmt: skip
+        boots += [{**key, "replicate": b, "k": k, "overlap_after": full[k] + rng.normal(0, 0.005)}
                   for b in range(reps) for k in ks]  # fmt: skip
-    out = stats.k_selection(pd.DataFrame(tables), pd.DataFrame(boots), 50, select_fraction=0.5)
-    sel = out[out.selected]
-    assert len(sel) == n and (sel.n_k == 5).all()
-    assert (sel.p_unadjusted < 0.05).mean() > 0.1  # the choice's bias survives the split
-    assert (sel.p_vs_random < 0.05).mean() <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / n)
+    return pd.DataFrame(tables), pd.DataFrame(boots)
+
+
+def test_k_selection_null_rejects_at_most_alpha_and_a_planted_k_is_found():
+    """Null alignments: choosing the best of 4 k on replicates of the same samples inflates
+    the unadjusted p; the Bonferroni bound over k keeps the rejections at or below alpha.
+    A planted overlap at k = 1 is chosen and rejected."""
+    rng = np.random.default_rng(0)
+    n, ks = 300, (1, 2, 3, 4)
+    table, boot = _null_k_tables(n, ks, 10, 199, rng)
+    sel = stats.k_selection(table, boot, select_fraction=0.5).query("selected")
+    assert len(sel) == n and (sel.n_k == 4).all()
+    assert (sel.p_permuted < 0.05).mean() > 0.08  # the choice's bias
+    assert (sel.p_vs_permuted < 0.05).mean() <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / n)
+    table, boot = _null_k_tables(20, ks, 10, 199, rng, planted=0.2)
+    sel = stats.k_selection(table, boot, select_fraction=0.5).query("selected")
+    assert (sel.k_selected == 1).all() and (sel.p_fdr_bh < 0.05).all()
 
 
 def test_choose_k_ties_and_split():

@@ -172,6 +172,11 @@ def test_matched_control_carries_the_direction_variance():
         basis = rand.orthonormal_rows(rng.standard_normal((3, d)) * np.logspace(0, -3, d), 3)
         matched = rand.matched_basis(x, basis, np.random.default_rng(2))
         np.testing.assert_allclose(matched @ matched.T, np.eye(3), atol=1e-10)
+        # one decomposition serves many draws and gives the same bytes as decomposing each time
+        dec = rand.decompose(x)
+        again = rand.matched_basis(dec, basis, np.random.default_rng(2))
+        assert again.tobytes() == matched.tobytes()
+        assert dec.vt.shape == (min(n - 1, d), d) and np.all(np.diff(dec.s) <= 0)
 
 
 # ---------------------------------------------------------------- specificity

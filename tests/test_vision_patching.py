@@ -111,15 +111,11 @@ def test_direction_patch_recovers_exactly_what_lies_along_the_direction():
     u = (x[1] - x[0]) / np.linalg.norm(x[1] - x[0])  # pooled difference of pair 0
     w = u  # the readout reads along u only
     cfg = pv.VisionPatchConfig(attributes=("exposure",), modes=("direction",), random_seeds=1)
-    rows = pv.run_image_patching(
-        vm,
-        images,
-        _pairs(1),
-        _readout(w=w),
-        {("blocks.0.hook_out", "exposure"): u},
-        ["blocks.0.hook_out"],
-        cfg,
-    )
+    args = (vm, images, _pairs(1), _readout(w=w), {("blocks.0.hook_out", "exposure"): u})
+    with pytest.raises(pv.VisionPatchingError, match="random_seeds.*control_x"):
+        pv.run_image_patching(*args, ["blocks.0.hook_out"], cfg)
+    control_x = _control_x(["blocks.0.hook_out"])
+    rows = pv.run_image_patching(*args, ["blocks.0.hook_out"], cfg, control_x=control_x)
     (treated,) = [r for r in rows if r["arm"] == "treatment"]
     assert treated["recovery"] == pytest.approx(1.0, abs=1e-4)
     (control,) = [r for r in rows if r["arm"] == "control"]
@@ -191,7 +187,7 @@ def test_vision_controls_match_the_attribute_directions_variance_and_photos_are_
     hooks = ["blocks.0.hook_out", "blocks.1.hook_out"]
     x = _control_x(hooks)
     dirs = {(h, a): np.eye(D)[i] for h in hooks for i, a in enumerate(["exposure", "tone"])}
-    controls = sv.vision_controls(x, dirs, (0, 1), hooks)
+    controls = ro.matched_controls(x, dirs, (0, 1), hooks)
     assert len(controls) == 2 * 2 * 2
     for (hook, attribute, _seed), u in controls.items():
         want = sv.projected_variance(x[hook], dirs[hook, attribute])

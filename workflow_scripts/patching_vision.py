@@ -35,8 +35,9 @@ def main(smk):
     directions = ro.store_directions(smk.input.vectors, patch_hooks, cfg.attributes, cfg.position)
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
+    control_x = ro.train_pooled(acts, patch_hooks, cfg.position)
     table = pv.run_image_patching(
-        vm, images, pairs, readouts, directions, patch_hooks, cfg, p.seed, clip=clip
+        vm, images, pairs, readouts, directions, patch_hooks, cfg, p.seed, clip, control_x
     )
     seconds = round(time.perf_counter() - start, 1)
     t = pd.DataFrame(table)

@@ -5,7 +5,6 @@ the variance they carry; measurements.csv: the same per source photo for effect_
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from circuitflow import steering, store
@@ -38,11 +37,10 @@ def main(smk):
     steer = steering.steer_hooks(hooks, readout, cfg.layers)
     directions = ro.store_directions(smk.input.vectors, steer, rcfg.attributes, cfg.position)
     train = store.read_array(acts, "split") == "train"
-    at = store.VISION_POSITIONS.index(cfg.position)
     pooled = {h: store.read_array(acts, h) for h in steer}
     norms = {h: steering.mean_pooled_norm(a, train, cfg.position) for h, a in pooled.items()}
     # the matched controls' covariance: train-split pooled activations at each steered hook
-    control_x = {h: np.asarray(a, np.float64)[train, at] for h, a in pooled.items()}
+    control_x = ro.train_pooled(acts, steer, cfg.position)
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
     table = steering.run_steering(
@@ -66,7 +64,7 @@ def main(smk):
             tower_norms = {
                 h: steering.mean_pooled_norm(a, train, cfg.position) for h, a in tower_acts.items()
             }
-            tower_x = {h: np.asarray(a, np.float64)[train, at] for h, a in tower_acts.items()}
+            tower_x = ro.train_pooled(acts, tower, cfg.position)
             prompt = steering.description_prompt_ids(smk.input.model, cfg.describe_prompt)
             rows_d = steering.run_descriptions(
                 vm,

@@ -71,14 +71,31 @@ MEASUREMENT_OPTIONAL = ["unit_kind", "note", "design", "family_part", "n_family_
 UNIT_KINDS = ("prompt", "frame", "photo", "sample")
 RANK_DESIGN = "rank"
 MEASUREMENT_DESIGNS = ("", RANK_DESIGN)
-# Per-comparison summaries (designs without per-unit values), columns
-# (circuitflow.stats.SUMMARY_COLUMNS): the group columns above plus comparison, design
-# (single_case | auroc | permutation), value (the observed statistic), reference_mean,
-# reference_sd, n_treatment, n_reference (the reference draws or the baseline group),
-# n_reference_ge (permutation: draws >= value), mean_treatment,
+# Per-comparison summaries (designs without per-unit values): the group columns above plus
+# comparison, design (single_case | auroc | permutation), value (the observed statistic),
+# reference_mean, reference_sd, n_reference (the reference draws or the baseline group),
+# n_reference_ge (permutation: draws >= value); optionally n_treatment, mean_treatment,
 # mean_baseline, family_part, n_family_part (hypotheses of one part of a family: a family's
 # n_family is their sum over its distinct parts, e.g. every live feature of every SAE), and
-# optionally note (copied into the effect row's note).
+# note (copied into the effect row's note).
+SUMMARY_COLUMNS = [
+    *[c for c in MEASUREMENT_COLUMNS if c not in ("arm", "unit", "value")],
+    "comparison",
+    "design",
+    "value",
+    "reference_mean",
+    "reference_sd",
+    "n_reference",
+    "n_reference_ge",
+]
+SUMMARY_OPTIONAL = [
+    "n_treatment",
+    "mean_treatment",
+    "mean_baseline",
+    "family_part",
+    "n_family_part",
+    "note",
+]
 SUMMARIES_FILE = "summaries.csv"
 LOGS = "logs/{rule}/{key}.log"
 

@@ -24,28 +24,11 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from circuitflow import store
 from circuitflow.alignment.config import NO_MAP, OVERLAP, SIMILARITY_MEASURES
 
 COMPARISONS = {"shuffled": "vs_shuffled_pairs", "permuted": "vs_permuted_labels"}
 SHARED_BASIS = "basis=shared(assumed)"
-SUMMARY_COLUMNS = [
-    "phase",
-    "dataset",
-    "model",
-    "layer",
-    "site",
-    "position",
-    "condition",
-    "setting",
-    "metric",
-    "comparison",
-    "design",
-    "value",
-    "reference_mean",
-    "reference_sd",
-    "n_reference",
-    "n_reference_ge",
-]
 
 
 def _setting(r) -> str:
@@ -98,4 +81,4 @@ def alignment_summaries(
                     "n_reference_ge": int(getattr(r, f"n_{null}_ge")),
                 }
             )
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return pd.DataFrame(rows, columns=store.SUMMARY_COLUMNS)

@@ -6,6 +6,8 @@ so a rerun gives identical bytes and two controls never share a stream by accide
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from jaxtyping import Float
 
@@ -54,23 +56,26 @@ def _variance(x_centered: np.ndarray, unit: np.ndarray) -> float:
     return float(((x_centered @ unit) ** 2).sum() / max(len(x_centered) - 1, 1))
 
 
-_LAST_DECOMPOSITION: list = []  # [(x, centred x, s, vt)]: one SVD serves repeated draws on x
+@dataclass(frozen=True)
+class Decomposition:
+    """Centred activations and their SVD: what :func:`matched_unit` draws from. Decompose
+    once (:func:`decompose`) when many controls are drawn on the same activations."""
+
+    xc: Float[np.ndarray, "n d"]  # centred activations
+    s: Float[np.ndarray, " r"]  # nonzero singular values
+    vt: Float[np.ndarray, "r d"]  # their right singular vectors
 
 
-def _decomposition(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centred x, its nonzero singular values, right singular vectors); the last one is kept,
-    so the draws of many controls on the same activations share one SVD."""
-    if _LAST_DECOMPOSITION and _LAST_DECOMPOSITION[0][0] is x:
-        return _LAST_DECOMPOSITION[0][1:]
+def decompose(x: Float[np.ndarray, "n d"]) -> Decomposition:
+    """:class:`Decomposition` of activations ``x`` [n, d] (centred here)."""
     xc = np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0)
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
     keep = s > s.max() * 1e-10
-    _LAST_DECOMPOSITION[:] = [(x, xc, s[keep], vt[keep])]
-    return xc, s[keep], vt[keep]
+    return Decomposition(xc, s[keep], vt[keep])
 
 
 def matched_unit(
-    x: Float[np.ndarray, "n d"],
+    x: Float[np.ndarray, "n d"] | Decomposition,
     target: Float[np.ndarray, " d"],
     generator: np.random.Generator,
     max_power: float = 32.0,
@@ -86,10 +91,11 @@ def matched_unit(
     smooth profile over the axes instead of mixing in an isotropic tail that would carry it
     off the activation distribution. A target below every such draw (possible only when
     ``x`` spans fewer than ``d`` dimensions) is met by mixing in the data's null space.
-    ``x`` [n, d] are the activations the variance is measured on (centred here); ``target``
-    need not be unit.
+    ``x`` [n, d] are the activations the variance is measured on (centred here), or their
+    :func:`decompose`; ``target`` need not be unit.
     """
-    xc, s, vt = _decomposition(x)
+    dec = x if isinstance(x, Decomposition) else decompose(x)
+    xc, s, vt = dec.xc, dec.s, dec.vt
     want = _variance(xc, np.asarray(target, np.float64) / np.linalg.norm(target))
     z = generator.standard_normal(xc.shape[1])
     c = vt @ z
@@ -121,11 +127,12 @@ def matched_unit(
 
 
 def matched_basis(
-    x: Float[np.ndarray, "n d"],
+    x: Float[np.ndarray, "n d"] | Decomposition,
     basis: Float[np.ndarray, "k d"],
     generator: np.random.Generator,
 ) -> Float[np.ndarray, "k d"]:
     """Orthonormal random rows, each drawn by :func:`matched_unit` against one row of
     ``basis`` (orthogonalised in order, so the total variance matches approximately)."""
-    rows = [matched_unit(x, b, generator) for b in np.asarray(basis, np.float64)]
+    dec = x if isinstance(x, Decomposition) else decompose(x)
+    rows = [matched_unit(dec, b, generator) for b in np.asarray(basis, np.float64)]
     return orthonormal_rows(np.stack(rows), len(rows))

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 
 from circuitflow import store
+from circuitflow.core import rand
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.core.layers import depth_to_block
 from circuitflow.core.ridge import readout_weights, source_contrast
@@ -283,6 +284,46 @@ def store_directions(
             unit = unit[:, : int(widths[h])]
         for attribute in attributes:
             out[hook, attribute] = attribute_direction(unit, norm, conditions, attribute)
+    return out
+
+
+def train_pooled(
+    activations_path, hooks: Sequence[str], position: str = "mean"
+) -> dict[str, Float[np.ndarray, "n width"]]:
+    """{hook: train-split pooled activations at ``position``} from an image activations store:
+    the covariance the matched controls draw from."""
+    train = store.read_array(activations_path, "split") == "train"
+    at = store.VISION_POSITIONS.index(position)
+    return {
+        h: np.asarray(store.read_array(activations_path, h), np.float64)[train, at] for h in hooks
+    }
+
+
+def matched_controls(
+    control_x: Mapping[str, Float[np.ndarray, "n d"]],
+    directions: Mapping[tuple[str, str], Float[np.ndarray, " d"]],
+    seeds: Sequence[int],
+    all_hooks: Sequence[str],
+    base_seed: int = 0,
+    key: str = "random_seeds",
+) -> dict[tuple[str, str, int], Float[np.ndarray, " d"]]:
+    """{(hook, attribute, seed): unit}: a random direction carrying the variance of the
+    train-split pooled activations ``control_x[hook]`` that the attribute's direction carries
+    (:func:`~circuitflow.core.rand.matched_unit`), seeded by (base_seed, seed, the hook's
+    index in ``all_hooks``, the attribute's index in ``store.GRADED_ATTRIBUTES``). ``key``
+    names the config key in errors."""
+    out, decomposed = {}, {}
+    for (hook, attribute), unit in directions.items():
+        if hook not in control_x:
+            raise ReadoutError(
+                f"{key}: no train-split activations for {hook} to draw the matched controls from"
+            )
+        if hook not in decomposed:
+            decomposed[hook] = rand.decompose(control_x[hook])
+        where = (list(all_hooks).index(hook), GRADED.index(attribute))
+        for s in seeds:
+            g = rand.rng(base_seed, s, *where)
+            out[hook, attribute, int(s)] = rand.matched_unit(decomposed[hook], unit, g)
     return out
 
 

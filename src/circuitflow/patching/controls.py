@@ -63,10 +63,11 @@ class TrainStats:
     n_tokens: int
     _rows: dict = field(default_factory=dict, repr=False)
 
-    def rows(self, layer: int) -> np.ndarray:
-        """:func:`moment_rows` of the layer's moment (cached)."""
+    def rows(self, layer: int) -> rand.Decomposition:
+        """:func:`circuitflow.core.rand.decompose` of the :func:`moment_rows` of the layer's
+        moment (cached: every control draw at the layer shares it)."""
         if layer not in self._rows:
-            self._rows[layer] = moment_rows(self.moment[layer])
+            self._rows[layer] = rand.decompose(moment_rows(self.moment[layer]))
         return self._rows[layer]
 
     def variance(self, layer: int, basis: np.ndarray) -> float:

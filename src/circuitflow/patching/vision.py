@@ -17,11 +17,13 @@ image tokens):
 - ``direction``: only the component along the attribute's mean-difference direction at that
   hook (vectors store): ``t + ((t_good - t) . u) u`` per token. Recovery by hook says where
   one direction carries the attribute; the control patches the component along seeded random
-  unit directions instead.
+  directions that carry the same variance of the train-split pooled activations at the hook
+  as the attribute's direction (:func:`circuitflow.models.readout.matched_controls`), not
+  isotropic ones, which carry about 1/d of it.
 
 Per-pair rows go to ``recovery.csv`` and, in the ``store.MEASUREMENTS_FILE`` layout, to
 ``measurements.csv`` per source photo (treatment = patched, baseline = unpatched: recovery 0
-by definition, control = random direction / random difference; a photo's variants and seeds
+by definition, control = matched random direction / random difference; a photo's variants and seeds
 are averaged per unit by the stats phase).
 """
 
@@ -38,7 +40,6 @@ from jaxtyping import Float
 from circuitflow import store
 from circuitflow.core.hooks import replace_main
 from circuitflow.core.layers import LayerSpec, select_names
-from circuitflow.core.rand import random_unit
 from circuitflow.models import VisionModel, edit_tokens, take_images, tokens_of
 from circuitflow.models import readout as ro
 from circuitflow.patching.engine import chunks
@@ -149,13 +150,28 @@ def run_image_patching(
     cfg: VisionPatchConfig,
     base_seed: int = 0,
     clip: ro.ClipPromptReadout | None = None,
+    control_x: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """One row per pair x hook x mode x arm (patched, control seeds) x readout kind: readouts
     r_poor, r_good, r_patched and the recovery. ``images``: uint8 [N, y, x, 3] (or a Zarr
     array) indexed by ``image_index``; ``readouts``: {attribute: Readout} at one hook (may be
     empty with ``clip``); ``clip``: the CLIP prompt readout (open_clip); ``directions``:
-    {(hook, attribute): unit vector} for mode ``direction``."""
+    {(hook, attribute): unit vector} for mode ``direction``; ``control_x``: {hook: train-split
+    pooled activations [n, d]} the direction controls are matched on
+    (:func:`circuitflow.models.readout.train_pooled`)."""
     runner = ro.runner_for(vm, readouts, clip, cfg.position)
+    controls = {}
+    if "direction" in cfg.modes and cfg.random_seeds:
+        if control_x is None:
+            raise VisionPatchingError(
+                "vision.patching.random_seeds: the matched direction controls need the "
+                "train-split pooled activations per hook (control_x); pass them or set "
+                "random_seeds: 0"
+            )
+        used = {k: v for k, v in directions.items() if k[0] in hooks}
+        seeds = range(cfg.random_seeds)
+        key = "vision.patching.random_seeds"
+        controls = ro.matched_controls(control_x, used, seeds, hooks, base_seed, key)
     order = [h.name for h in vm.hooks]
     bad = [h for h in hooks if order.index(h) > order.index(runner.readout)]
     if bad:
@@ -168,7 +184,7 @@ def run_image_patching(
         r_poor = ro.measure(runner, readouts, clip, chunk, poor_px)
         r_good = ro.measure(runner, readouts, clip, chunk, good_px)
         good_out = runner.capture(good_px, hooks)
-        for k, hook in enumerate(hooks):
+        for hook in hooks:
             kind, good = runner.points[hook].kind, good_out[hook]
             passes = []
             if "full" in cfg.modes:
@@ -177,13 +193,12 @@ def run_image_patching(
                     edit = random_difference_patch(kind, good, base_seed * 1000 + s, mask)
                     passes.append(("full", "control", s, edit))
             if "direction" in cfg.modes:
-                d = tokens_of(kind, good, mask).shape[-1]
                 units = np.stack([directions[hook, p.attribute] for p in chunk])  # [B, d]
                 passes.append(
                     ("direction", "treatment", "", direction_patch(kind, good, units, mask))
                 )
                 for s in range(cfg.random_seeds):
-                    u = np.broadcast_to(random_unit(d, base_seed, s, k), units.shape)
+                    u = np.stack([controls[hook, p.attribute, s] for p in chunk])
                     passes.append(("direction", "control", s, direction_patch(kind, good, u, mask)))
             for mode, arm, seed, edit in passes:
                 measured = ro.measure(runner, readouts, clip, chunk, poor_px, {hook: edit})

@@ -578,7 +578,8 @@ def summary_markdown(
                 f"- {r.model_a} -> {r.model_b} {r.site} L{r.layer_a}/L{r.layer_b} ({r.position}), "
                 f"{r.condition}, {r.method}: k = {r.k_selected} "
                 f"[{r.k_ci_low:g}, {r.k_ci_high:g}] (stability {r.k_stability:.2f}), overlap "
-                f"{r.overlap:.2f} [{r.overlap_ci_low:.2f}, {r.overlap_ci_high:.2f}] vs random "
-                f"{r.random_mean:.3f}; p_fdr_bh = {r.p_fdr_bh:.2g}"
+                f"{r.overlap:.2f} [{r.overlap_ci_low:.2f}, {r.overlap_ci_high:.2f}] vs permuted "
+                f"labels {r.overlap_permuted:.3f} (n = {r.n_permuted:g}); p_fdr_bh = "
+                f"{r.p_fdr_bh:.2g}"
             )
     return "\n".join(lines) + "\n"

@@ -34,22 +34,7 @@ _GROUP = [c for c in MEASUREMENT_COLUMNS if c not in ("arm", "unit", "value")]
 
 # Per-comparison summaries: the input of summary_rows and the summaries.csv layout, for the
 # designs without per-unit values (one observed value against a reference distribution).
-SUMMARY_COLUMNS = [
-    *_GROUP,
-    "comparison",
-    "design",
-    "value",
-    "reference_mean",
-    "reference_sd",
-    "n_treatment",
-    "n_reference",
-    "n_reference_ge",
-    "mean_treatment",
-    "mean_baseline",
-    "family_part",
-    "n_family_part",
-    "note",
-]
+SUMMARY_COLUMNS = [*store.SUMMARY_COLUMNS, *store.SUMMARY_OPTIONAL]
 
 
 class StatsError(CircuitflowError, ValueError):

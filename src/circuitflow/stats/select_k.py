@@ -1,32 +1,24 @@
 """Choice of the subspace dimension k of each bootstrapped alignment, and its test.
 
-Selection and testing use different replicates. The bootstrap replicates of a layer pair x
-condition x method (train samples resampled per label, subspaces and maps refit) are split by
-replicate number: the first ``select_fraction`` of them choose k (the k whose excess overlap
-over the random-subspace baseline is most often the largest; ties: the larger mean excess on
-those replicates, then the smaller k), the rest test that k: the one-sided Crawford-Howell t
-of their mean overlap at k against the random draws (``p_unadjusted``), and ``p_boot`` =
-(1 + held-out replicates whose overlap is not above their random mean) / (1 + held-out
-replicates). Both halves resample the same train samples: they are disjoint draws, not
-disjoint samples, so the held-out half shares the sampling noise the choice saw (on 1000
-null alignments with 5 candidate k and 20 replicates, choosing and testing on the same
-overlaps rejected 19.3% at one-sided alpha 0.05, the held-out half 21.3%). ``p_vs_random`` is
-therefore also adjusted for the choice among the ``n_k`` candidates: min(1, n_k x
-p_unadjusted), the Bonferroni bound of the max-statistic null over k, valid for any choice of
-k (4.8% on that null); it is BH-corrected over the table. The
-full-sample overlaps (the alignment table) are reported beside them and used for neither. The
-layer pair itself may have been chosen on the alignment table (``selection`` column, from
-``alignment.bootstrap_pairs``).
+The candidates are the k at which the alignment table carries the permuted-label null (the
+labels of the train rows permuted, both subspaces recomputed, the same fitted map applied:
+``stats.alignment_k``). The bootstrap replicates of a layer pair x condition x method (train
+samples resampled per label, subspaces and maps refit) are split by replicate number: the first
+``select_fraction`` of them choose k (the candidate whose overlap is most often the largest;
+ties: the larger mean overlap, then the smaller k), the rest give ``k_stability``. The chosen k
+is tested against the permuted-label null on the full samples: ``p_permuted`` = (1 + #null >=
+observed) / (1 + n_permuted). The choice and the test share the train samples, so
+``p_vs_permuted`` is the Bonferroni bound over everything that was chosen: min(1, n_k x n_pairs
+x p_permuted), valid for any choice of k and of the layer pair (``n_pairs`` > 1 where
+``alignment.bootstrap_pairs: best`` chose the pair on the same table); it is BH-corrected over
+the table. The uniform random-subspace baseline stays a descriptive column, never tested.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
-
-from circuitflow.stats.effects import compare_single_case
 
 K_GROUP = [
     "dataset",
@@ -42,13 +34,16 @@ K_GROUP = [
 K_SELECTION_COLUMNS = [
     *K_GROUP,
     "k",
+    "candidate",
     "overlap",
     "overlap_boot_mean",
     "overlap_ci_low",
     "overlap_ci_high",
     "random_mean",
-    "random_sd",
-    "excess",
+    "overlap_permuted",
+    "overlap_permuted_sd",
+    "n_permuted",
+    "n_permuted_ge",
     "selected",
     "k_selected",
     "k_ci_low",
@@ -58,13 +53,9 @@ K_SELECTION_COLUMNS = [
     "n_select",
     "n_test",
     "n_k",
-    "overlap_test",
-    "random_mean_test",
-    "statistic",
-    "df",
-    "p_unadjusted",
-    "p_vs_random",
-    "p_boot",
+    "n_pairs",
+    "p_permuted",
+    "p_vs_permuted",
     "p_fdr_bh",
     "test",
     "selection",
@@ -72,9 +63,18 @@ K_SELECTION_COLUMNS = [
 # alignment.bootstrap_pairs -> how the bootstrapped layer pair was chosen (column selection)
 LAYER_SELECTION = {
     "best": "layer pair with the largest mean overlap_after on the alignment table "
-    "(alignment.bootstrap_pairs: best): chosen on the full samples, not disjoint from this test",
+    "(alignment.bootstrap_pairs: best): chosen on the full samples, not disjoint from this "
+    "test; p_vs_permuted is Bonferroni over the n_pairs matched-depth pairs",
     "matched": "every matched-depth layer pair (alignment.bootstrap_pairs: matched): no selection",
 }
+_TABLE_COLUMNS = [
+    "overlap_after",
+    "overlap_random_mean",
+    "overlap_permuted",
+    "overlap_permuted_sd",
+    "n_permuted",
+    "n_permuted_ge",
+]
 
 
 def split_replicates(replicates, select_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -91,129 +91,140 @@ def split_replicates(replicates, select_fraction: float) -> tuple[np.ndarray, np
     return ids[:n], ids[n:]
 
 
-def choose_k(excess: pd.DataFrame) -> tuple[int, np.ndarray]:
-    """excess [replicate, k] -> (the k most often the argmax, each replicate's argmax); ties
-    go to the larger mean excess, then the smaller k."""
-    return _choose(excess.to_numpy(float), np.asarray(excess.columns))
+def choose_k(score: pd.DataFrame) -> tuple[int, np.ndarray]:
+    """score [replicate, k] -> (the k most often the argmax, each replicate's argmax); ties
+    go to the larger mean score, then the smaller k."""
+    return _choose(score.to_numpy(float), np.asarray(score.columns))
 
 
-def _choose(excess: np.ndarray, ks: np.ndarray) -> tuple[int, np.ndarray]:
-    best = ks[np.argmax(excess, axis=1)]
+def _choose(score: np.ndarray, ks: np.ndarray) -> tuple[int, np.ndarray]:
+    best = ks[np.argmax(score, axis=1)]
     counts = np.array([(best == k).sum() for k in ks])
-    order = np.lexsort((ks, -excess.mean(axis=0), -counts))  # counts, then mean, then k
+    order = np.lexsort((ks, -score.mean(axis=0), -counts))  # counts, then mean, then k
     return int(ks[order[0]]), best
-
-
-def _held_out_test(value: float, rmean: float, sd: float, n_random: int) -> dict:
-    """Crawford-Howell t of the held-out replicates' mean overlap at k vs the random draws,
-    one-sided (the overlap is above random)."""
-    try:
-        ch = compare_single_case(value, rmean, sd, n_random)
-    except ValueError:
-        return {"statistic": np.nan, "df": np.nan, "p": np.nan}
-    p = float(sps.t.sf(ch["statistic"], ch["df"]))
-    return {"statistic": ch["statistic"], "df": ch["df"], "p": p}
 
 
 def _grid(part: pd.DataFrame, column: str, reps: np.ndarray, ks: np.ndarray) -> np.ndarray:
     """One column of a group's replicate rows as [replicate, k] (NaN where a pair is missing)."""
     out = np.full((len(reps), len(ks)), np.nan)
-    out[np.searchsorted(reps, part["replicate"]), np.searchsorted(ks, part["k"])] = part[column]
+    keep = np.isin(part["k"], ks)
+    rows = part[keep]
+    out[np.searchsorted(reps, rows["replicate"]), np.searchsorted(ks, rows["k"])] = rows[column]
     return out
+
+
+def matched_pair_counts(table: pd.DataFrame) -> dict[tuple, int]:
+    """(dataset, model_a, model_b, site, position) -> matched-depth layer pairs in the table."""
+    keys = ["dataset", "model_a", "model_b", "site", "position"]
+    if "matched_depth" not in table:
+        return {}
+    t = table[table["matched_depth"].astype(bool)]
+    return {
+        key: len(part[["layer_a", "layer_b"]].drop_duplicates())
+        for key, part in t.groupby(keys, sort=True)
+    }
 
 
 def k_selection(
     table: pd.DataFrame,
     boot: pd.DataFrame,
-    n_random: int,
     select_fraction: float,
     confidence_level: float = 0.95,
     selection: str = "",
+    pair_chosen: bool = False,
 ) -> pd.DataFrame:
     """Subspace dimension k of each bootstrapped alignment (layer pair x condition x method),
-    chosen on some replicates and tested on the others (see the module docstring).
+    chosen on some replicates among the k with a permuted-label null and tested against that
+    null (see the module docstring).
 
     Per k: the overlap on all samples (``table``; after the map, or before for method
-    ``none``), the bootstrap mean and percentile CI over every replicate (``boot``), and the
-    random-subspace baseline. ``k_ci_*``: percentile interval of every replicate's argmax;
-    ``k_stability``: the fraction of held-out replicates whose argmax is the chosen k.
-    ``selection`` describes how the layer pair was chosen (:data:`LAYER_SELECTION`)."""
+    ``none``), the bootstrap mean and percentile CI over every replicate (``boot``), the
+    random-subspace mean (descriptive) and the permuted-label null. ``k_ci_*``: percentile
+    interval of every replicate's argmax among the candidates; ``k_stability``: the fraction of
+    held-out replicates whose argmax is the chosen k. ``pair_chosen``: the layer pair was
+    chosen among the table's matched-depth pairs (:data:`LAYER_SELECTION`, ``selection``)."""
     if boot.empty:
         return pd.DataFrame(columns=K_SELECTION_COLUMNS)
     lo, hi = (1 - confidence_level) / 2, (1 + confidence_level) / 2
-    cols = ["overlap_after", "overlap_random_mean", "overlap_random_sd"]
+    for column in _TABLE_COLUMNS:
+        if column not in table:
+            table = table.assign(**{column: np.nan})
     full = {
-        tuple(row[:-3]): row[-3:]
-        for row in table[[*K_GROUP, "k", *cols]].itertuples(index=False, name=None)
+        tuple(row[: len(K_GROUP) + 1]): row[len(K_GROUP) + 1 :]
+        for row in table[[*K_GROUP, "k", *_TABLE_COLUMNS]].itertuples(index=False, name=None)
     }
+    pairs = matched_pair_counts(table)
     out = []
     for key, part in boot.groupby(K_GROUP, sort=True):
+        group = dict(zip(K_GROUP, key, strict=True))
         reps, ks = np.unique(part["replicate"]), np.unique(part["k"])
-        wide = _grid(part, "overlap_after", reps, ks)
-        rand = _grid(part, "overlap_random_mean", reps, ks)
         missing = [k for k in ks if (*key, k) not in full]
         if missing:
             raise ValueError(
-                f"alignment table: no row for {dict(zip(K_GROUP, key, strict=True))} k="
-                f"{missing[0]}, which its bootstrap has; rebuild both with snakemake"
+                f"alignment table: no row for {group} k={missing[0]}, which its bootstrap has; "
+                "rebuild both with snakemake"
             )
-        value, rmean, rsd = np.array([full[(*key, k)] for k in ks], dtype=float).T
+        values = np.array([full[(*key, k)] for k in ks], dtype=float)
+        value, rmean, pmean, psd, n_perm, n_ge = values.T
+        cand = ks[np.nan_to_num(n_perm) > 0]
+        n_pairs = pairs.get(tuple(group[c] for c in K_GROUP[:3] + K_GROUP[5:7]), 1)
+        n_pairs = n_pairs if pair_chosen else 1
         choose, test = split_replicates(reps, select_fraction)
-        ic, it = np.isin(reps, choose), np.isin(reps, test)
-        excess = wide - rand
-        k_sel, _ = _choose(excess[ic], ks)
-        j = int(np.searchsorted(ks, k_sel))
-        k_all = ks[np.argmax(excess, axis=1)]
-        k_test = k_all[it]
-        if len(test):
-            sd = rsd[j]
-            if "overlap_random_sd" in part:
-                sd = float(np.mean(_grid(part, "overlap_random_sd", reps, ks)[it, j]))
-            held, held_rand = float(wide[it, j].mean()), float(rand[it, j].mean())
-            ch = _held_out_test(held, held_rand, sd, n_random)
-            not_above = int((wide[it, j] <= rand[it, j]).sum())
+        k_sel, j = None, None
+        p_emp = p_adj = np.nan
+        k_all = np.array([])
+        stability = np.nan
+        if len(cand) and len(choose):
+            wide = _grid(part, "overlap_after", reps, cand)
+            k_sel, _ = _choose(wide[np.isin(reps, choose)], cand)
+            k_all = cand[np.argmax(wide, axis=1)]
+            if len(test):
+                stability = float((k_all[np.isin(reps, test)] == k_sel).mean())
+            j = int(np.searchsorted(ks, k_sel))
+            p_emp = (1 + n_ge[j]) / (1 + n_perm[j])
+            p_adj = min(1.0, len(cand) * n_pairs * p_emp)
             described = (
-                f"k = the most often best of replicates {choose[0]}-{choose[-1]}; "
-                f"crawford_howell_t of the mean overlap of replicates {test[0]}-{test[-1]} "
-                "(disjoint draws over the same train samples) vs uniform random subspaces, "
-                f"one-sided, Bonferroni over the {len(ks)} candidate k"
+                f"k = the most often best of replicates {choose[0]}-{choose[-1]} among k in "
+                f"{[int(k) for k in cand]}; permuted-label null through the same map "
+                f"({int(n_perm[j])} permutations), empirical p, Bonferroni over {len(cand)} k"
+                + (f" x {n_pairs} layer pairs" if n_pairs > 1 else "")
             )
         else:
-            held = held_rand = np.nan
-            ch = {"statistic": np.nan, "df": np.nan, "p": np.nan}
-            not_above = 0
-            described = "not tested: fewer than 2 bootstrap replicates to split"
-        p_adjusted = min(1.0, len(ks) * ch["p"]) if np.isfinite(ch["p"]) else np.nan
-        group = dict(zip(K_GROUP, key, strict=True))
+            described = (
+                "not tested: no k with a permuted-label null (stats.alignment_k, "
+                "alignment.n_label_permutations)"
+                if not len(cand)
+                else "not tested: no bootstrap replicate"
+            )
+        wide_all = _grid(part, "overlap_after", reps, ks)
         for i, k in enumerate(ks):
             chosen = i == j
             out.append(
                 {
                     **group,
                     "k": int(k),
+                    "candidate": bool(k in cand),
                     "overlap": value[i],
-                    "overlap_boot_mean": float(wide[:, i].mean()),
-                    "overlap_ci_low": float(np.quantile(wide[:, i], lo)),
-                    "overlap_ci_high": float(np.quantile(wide[:, i], hi)),
+                    "overlap_boot_mean": float(np.nanmean(wide_all[:, i])),
+                    "overlap_ci_low": float(np.nanquantile(wide_all[:, i], lo)),
+                    "overlap_ci_high": float(np.nanquantile(wide_all[:, i], hi)),
                     "random_mean": rmean[i],
-                    "random_sd": rsd[i],
-                    "excess": value[i] - rmean[i],
+                    "overlap_permuted": pmean[i],
+                    "overlap_permuted_sd": psd[i],
+                    "n_permuted": n_perm[i],
+                    "n_permuted_ge": n_ge[i],
                     "selected": chosen,
-                    "k_selected": k_sel,
-                    "k_ci_low": float(np.quantile(k_all, lo, method="inverted_cdf")),
-                    "k_ci_high": float(np.quantile(k_all, hi, method="inverted_cdf")),
-                    "k_stability": float((k_test == k_sel).mean()) if len(test) else np.nan,
+                    "k_selected": k_sel if k_sel is not None else np.nan,
+                    "k_ci_low": _quantile(k_all, lo),
+                    "k_ci_high": _quantile(k_all, hi),
+                    "k_stability": stability,
                     "n_bootstrap": len(reps),
                     "n_select": len(choose),
                     "n_test": len(test),
-                    "n_k": len(ks),
-                    "overlap_test": held if chosen else np.nan,
-                    "random_mean_test": held_rand if chosen else np.nan,
-                    "statistic": ch["statistic"] if chosen else np.nan,
-                    "df": ch["df"] if chosen else np.nan,
-                    "p_unadjusted": ch["p"] if chosen else np.nan,
-                    "p_vs_random": p_adjusted if chosen else np.nan,
-                    "p_boot": (1 + not_above) / (1 + len(test)) if chosen and len(test) else np.nan,
+                    "n_k": len(cand),
+                    "n_pairs": n_pairs,
+                    "p_permuted": p_emp if chosen else np.nan,
+                    "p_vs_permuted": p_adj if chosen else np.nan,
                     "test": described,
                     "selection": selection,
                 }
@@ -221,12 +232,16 @@ def k_selection(
     return adjust_k_selection(pd.DataFrame(out))
 
 
+def _quantile(values: np.ndarray, q: float) -> float:
+    return float(np.quantile(values, q, method="inverted_cdf")) if len(values) else np.nan
+
+
 def adjust_k_selection(frame: pd.DataFrame) -> pd.DataFrame:
-    """BH-FDR of ``p_vs_random`` over every selected k of the table (one family)."""
+    """BH-FDR of ``p_vs_permuted`` over every selected k of the table (one family)."""
     frame = frame.copy()
     frame["p_fdr_bh"] = np.nan
-    sel = frame["selected"].astype(bool) & frame["p_vs_random"].notna()
+    sel = frame["selected"].astype(bool) & frame["p_vs_permuted"].notna()
     if sel.any():
-        p = frame.loc[sel, "p_vs_random"].to_numpy(float)
+        p = frame.loc[sel, "p_vs_permuted"].to_numpy(float)
         frame.loc[sel, "p_fdr_bh"] = multipletests(p, method="fdr_bh")[1]
     return frame[K_SELECTION_COLUMNS]

@@ -51,7 +51,6 @@ from circuitflow.steering.vision import (
     run_descriptions,
     run_steering,
     steer_hooks,
-    vision_controls,
 )
 
 __all__ = [
@@ -93,5 +92,4 @@ __all__ = [
     "select_prompts",
     "steer_hooks",
     "sweep_table",
-    "vision_controls",
 ]

@@ -34,7 +34,7 @@ from circuitflow import store
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.core.generation import eos_ids, greedy_generate, truncate_at_eos
 from circuitflow.core.hooks import attach_bridge
-from circuitflow.core.rand import matched_unit, rng
+from circuitflow.core.rand import decompose, matched_unit, rng
 from circuitflow.core.tokens import encode_texts, left_pad, pad_id
 from circuitflow.workflow import schema_backed
 
@@ -236,9 +236,9 @@ def matched_controls(
     variance = {c: projected_variance(x, u) for c, u in directions.items()}
     ranked = sorted(variance, key=variance.get)
     target = ranked[(len(ranked) - 1) // 2]
-    units = {}
+    units, dec = {}, decompose(x)
     for seed in seeds:
-        u = matched_unit(x, directions[target], rng(base_seed, seed, layer))
+        u = matched_unit(dec, directions[target], rng(base_seed, seed, layer))
         units[int(seed)] = u
         variance[f"random:{seed}"] = projected_variance(x, u)
     return units, {"target": target, "variance": variance}

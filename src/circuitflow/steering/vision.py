@@ -8,7 +8,8 @@ direction at that hook (vectors store), ``sign = -sign(level)`` points back towa
 train split of the activation store; ``alphas_relative``). The same signed scale along seeded
 random directions matched in the variance they carry is the control
 (:func:`circuitflow.core.rand.matched_unit` on the train-split pooled activations at the hook,
-target the attribute's direction; :func:`vision_controls`). The readout is the attribute
+target the attribute's direction; :func:`circuitflow.models.readout.matched_controls`). The
+readout is the attribute
 probe at the later readout hook (as in patching), and the measured value is its shift
 towards the good level:
 
@@ -38,8 +39,8 @@ from circuitflow import store
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.core.hooks import attach_modules, main_output
 from circuitflow.core.layers import depth_to_block
-from circuitflow.core.rand import matched_unit, rng
 from circuitflow.models import Runner, VisionModel, edit_tokens, take_images
+from circuitflow.models import readout as ro
 from circuitflow.models.readout import ClipPromptReadout, ImagePair, Readout, measure, runner_for
 from circuitflow.workflow import schema_backed
 
@@ -127,31 +128,6 @@ def add_vectors(
 Controls = Mapping[tuple[str, str, int], Float[np.ndarray, " d"]]  # (hook, attribute, seed)
 
 
-def vision_controls(
-    control_x: Mapping[str, Float[np.ndarray, "n d"]],
-    directions: Directions,
-    seeds: Sequence[int],
-    all_hooks: Sequence[str],
-    base_seed: int = 0,
-) -> dict[tuple[str, str, int], Float[np.ndarray, " d"]]:
-    """{(hook, attribute, seed): unit}: a random direction carrying the variance of the
-    train-split pooled activations ``control_x[hook]`` that the attribute's direction carries
-    (:func:`~circuitflow.core.rand.matched_unit`), seeded by (base_seed, seed, the hook's
-    index in ``all_hooks``, the attribute's index in ``store.GRADED_ATTRIBUTES``)."""
-    out = {}
-    for (hook, attribute), unit in directions.items():
-        if hook not in control_x:
-            raise VisionSteeringError(
-                f"vision.steering.random_seeds: no train-split activations for {hook} to "
-                "draw the matched controls from"
-            )
-        where = (list(all_hooks).index(hook), store.GRADED_ATTRIBUTES.index(attribute))
-        for s in seeds:
-            g = rng(base_seed, s, *where)
-            out[hook, attribute, int(s)] = matched_unit(control_x[hook], unit, g)
-    return out
-
-
 def _directions(
     units: Float[np.ndarray, "batch d"],
     attributes: Sequence[str],
@@ -179,7 +155,9 @@ def _controls(
             "activations per steered hook (control_x); pass them or set random_seeds: []"
         )
     used = {k: v for k, v in directions.items() if k[0] in hooks}
-    return vision_controls(control_x, used, cfg.random_seeds, all_hooks, base_seed)
+    return ro.matched_controls(
+        control_x, used, cfg.random_seeds, all_hooks, base_seed, "vision.steering.random_seeds"
+    )
 
 
 def run_steering(

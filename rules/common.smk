@@ -220,6 +220,23 @@ def patching_targets():
     ]
 
 
+def attribution_targets():
+    """The AtP directories of the text models where patching.attribution.enabled."""
+    return [
+        store.ATTRIBUTION_DIR.format(dataset=d, model=m)
+        for d in PROMPT_DATASETS
+        for m in TEXT_MODELS
+        if phase_config("patching", d)["attribution"]["enabled"]
+    ]
+
+
+def screen_input(wc):
+    """patch_model's screen: the AtP directory of its model, where attribution is enabled."""
+    if not phase_config("patching", wc.dataset)["attribution"]["enabled"]:
+        return {}
+    return {"screen": store.ATTRIBUTION_DIR.format(dataset=wc.dataset, model=wc.model)}
+
+
 def steering_targets():
     return [
         store.STEERING_DIR.format(dataset=d, model=m)
@@ -256,6 +273,7 @@ def sae_measurements_targets():
 MEASUREMENT_SOURCES = [
     separation_targets,
     patching_targets,  # directory outputs: their measurements.csv (store.measurements_file)
+    attribution_targets,
     steering_targets,
     probes_targets,
     vision_patching_targets,

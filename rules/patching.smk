@@ -1,9 +1,45 @@
-# Activation patching, head patching/ablation, directional ablation (issue 4).
+# Attribution patching of the full grid, and exact activation patching, head patching /
+# ablation and directional ablation.
+
+
+rule attribution_patching:
+    """Attribution patching (AtP): first-order estimates of patching every residual site, MLP
+    output and attention head for every pair, and the screen of what exact patching runs.
+    """
+    input:
+        dataset=store.DATASET_DIR,
+        model=store.MODEL_DIR,
+    output:
+        directory(store.ATTRIBUTION_DIR),
+    log:
+        "logs/attribution_patching/{dataset}/{model}.log",
+    cache: "omit-software"
+    conda:
+        "../envs/circuitflow.yaml"
+    threads: all_cores()
+    resources:
+        mem_mb=6000,
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        dtype=lambda wc: model_entry(wc.model)["dtype"],
+        device=lambda wc: model_entry(wc.model)["device"],
+        prepend_bos=lambda wc: model_entry(wc.model)["prepend_bos"],
+        labels=lambda wc: dataset_entry(wc.dataset)["labels"],
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        seed=config["seed"],
+        patching=lambda wc: phase_config("patching", wc.dataset),
+    script:
+        "../workflow_scripts/patching_attribution.py"
 
 
 rule patch_model:
-    """Residual patching on counterfactual frames, head patching/ablation, directional ablation."""
+    """Residual patching on counterfactual frames, head patching/ablation, directional ablation;
+    with patching.attribution.enabled, on the sites and heads the AtP screen chose, plus the
+    exact full grid on the validation frames (agreement.csv)."""
     input:
+        unpack(screen_input),
         dataset=store.DATASET_DIR,
         model=store.MODEL_DIR,
         vectors=store.VECTORS,

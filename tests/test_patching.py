@@ -422,6 +422,7 @@ def test_run_patching_tables(bridges, tiny_rows):
         refit_samples=3,
         min_denominator=0.0,  # the tiny model's leans barely differ: keep every pair
         metric_words=TINY_WORDS,
+        position_sets=("all", "non_emotion", "punctuation"),
     )
     out = patching.run_text_patching(
         bridge,

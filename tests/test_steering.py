@@ -439,6 +439,10 @@ def test_truncate_at_eos_and_select_prompts():
         {"sample_id": "d", "label": "anger", "split": "test", "text": "w"},
     ]
     assert [r["sample_id"] for r in steering.select_prompts(rows, "neutral", 5)] == ["a", "b"]
+    rows += [{"sample_id": f"f{i}.neutral", "frame_id": f"f{i}", "label": "neutral",
+              "split": "test", "text": "v"} for i in range(3)]  # fmt: skip
+    picked = [r["sample_id"] for r in steering.select_prompts(rows, "neutral", 4)]
+    assert picked == ["f0.neutral", "a", "f1.neutral", "b"]  # frame and free prompts in turn
     with pytest.raises(steering.SteeringError, match="'joy'"):
         steering.select_prompts(rows, "joy", 5)
 

@@ -58,6 +58,16 @@ def main(smk):
     probe_data, store_feats, coords = probe_inputs(
         smk.input.activations, conditions, p.baseline, L, cfg.probe_position
     )
+    screen = atp = None
+    if "screen" in smk.input.keys():
+        screen_dir = Path(smk.input.screen)
+        problems = store.verify(screen_dir)
+        if problems:
+            raise ValueError(
+                f"{problems[0]}: the AtP screen does not match its manifest; rerun snakemake"
+            )
+        screen = pd.read_csv(screen_dir / patching.SCREEN_FILE)
+        atp = pd.read_csv(screen_dir / patching.ATTRIBUTION_FILE)
     result = patching.run_text_patching(
         bridge,
         rows,
@@ -69,6 +79,8 @@ def main(smk):
         probe_data,
         prepend_bos=p.prepend_bos,
         model_name=p.model,
+        screen_table=screen,
+        atp=atp,
     )
     info = result["info"]
     # our unablated final-layer features against the activation store (float16 there)
@@ -84,6 +96,11 @@ def main(smk):
         table.insert(0, "model", p.model)
         table.insert(0, "dataset", p.dataset)
         table.to_csv(out / f"{name}.csv", index=False)
+    for name, table in result["validation"].items():  # the exact full grid and its agreement
+        table.insert(0, "model", p.model)
+        table.insert(0, "dataset", p.dataset)
+        file = "agreement.csv" if name == "agreement" else f"validation_{name}.csv"
+        table.to_csv(out / file, index=False, float_format="%.6g")
     # the statistics phase's input, from the tables as written
     tables = {
         name: pd.read_csv(out / f"{name}.csv", float_precision="round_trip")
@@ -110,6 +127,7 @@ def main(smk):
             "model": smk.input.model,
             "vectors": smk.input.vectors,
             "activations": smk.input.activations,
+            **({"screen": smk.input.screen} if screen is not None else {}),
         },
         params={
             "dataset": p.dataset,

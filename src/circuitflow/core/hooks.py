@@ -30,9 +30,10 @@ class StopForward(Exception):
     """Raised by a hook once the pass has produced everything the caller reads."""
 
 
-def run_to_stop(forward: Callable, *args, **kwargs):
-    """``forward(*args, **kwargs)`` under ``torch.no_grad``; ``None`` when a hook stopped it."""
-    with torch.no_grad():
+def run_to_stop(forward: Callable, *args, grad: bool = False, **kwargs):
+    """``forward(*args, **kwargs)`` under ``torch.no_grad`` (``grad``: with autograd, for
+    gradients of what the hooks captured); ``None`` when a hook stopped it."""
+    with torch.enable_grad() if grad else torch.no_grad():
         try:
             return forward(*args, **kwargs)
         except StopForward:

@@ -2,7 +2,8 @@
 ablation, and directional ablation of emotion directions (the test of Tigges et al. 2023,
 "Linear Representations of Sentiment in Large Language Models") for text models
 (:mod:`.engine`, :mod:`.residual`, :mod:`.heads`, :mod:`.ablation`, its train-split controls
-in :mod:`.controls`, :mod:`.run`; per-unit
+in :mod:`.controls`, :mod:`.run`), attribution patching of the full grid that screens what
+exact patching runs (:mod:`.attribution`; per-unit
 results for the statistics phase in :mod:`.measurements`), and
 patching of image counterfactuals for vision models (:mod:`.vision`).
 """
@@ -16,6 +17,16 @@ from circuitflow.patching.ablation import (
     position_mask,
     run_final,
     summarize,
+)
+from circuitflow.patching.attribution import (
+    ATTRIBUTION_FILE,
+    SCREEN_FILE,
+    AttributionConfig,
+    agreement,
+    attribute_pairs,
+    chosen_heads,
+    chosen_sites,
+    screen,
 )
 from circuitflow.patching.controls import (
     TrainStats,
@@ -55,6 +66,7 @@ from circuitflow.patching.measurements import (
     ABLATION_METRICS,
     HEAD_METRICS,
     RECOVERY_REFERENCE,
+    attribution_measurements,
     directional_ablation_measurements,
     head_measurements,
     residual_measurements,
@@ -72,6 +84,7 @@ from circuitflow.patching.residual import (
 from circuitflow.patching.run import (
     pick_samples,
     read_vectors,
+    run_attribution,
     run_text_patching,
 )
 from circuitflow.patching.vision import (
@@ -88,6 +101,16 @@ from circuitflow.patching.vision import (
 )
 
 __all__ = [
+    "ATTRIBUTION_FILE",
+    "SCREEN_FILE",
+    "AttributionConfig",
+    "agreement",
+    "attribute_pairs",
+    "attribution_measurements",
+    "chosen_heads",
+    "chosen_sites",
+    "run_attribution",
+    "screen",
     "ABLATION_CONTROLS",
     "ABLATION_CONTROL_GROUPS",
     "ABLATION_METRICS",

@@ -88,6 +88,7 @@ class PatchConfig:
     min_denominator: float
     batch_size: int
     metric_words: Mapping[str, Sequence[str]]
+    attribution: Mapping[str, object]
     seed: int = 0
 
     def __post_init__(self):

@@ -50,12 +50,18 @@ def patch_heads(
     batch_size: int = 64,
     min_denominator: float = 0.5,
     progress=None,
+    heads: Sequence[tuple[int, int]] | None = None,
+    ablate: bool = True,
 ) -> pd.DataFrame:
     """Per pair x layer x head: lean after patching the head's ``hook_z`` clean -> corrupted at
-    the suffix positions, and after zero / mean ablation of the head at every position of
-    the clean sentence."""
+    the suffix positions, and (``ablate``) after zero / mean ablation of the head at every
+    position of the clean sentence. ``heads``: the (layer, head) pairs to run (the
+    attribution screen), else every head of ``layers``."""
     cond_index = {c: i for i, c in enumerate(metric.conditions)}
-    heads = [(layer, h) for layer in layers for h in range(patcher.n_heads)]
+    if heads is None:
+        heads = [(layer, h) for layer in layers for h in range(patcher.n_heads)]
+    heads = list(heads)
+    layers = sorted({layer for layer, _ in heads})
     dev = patcher.device
     out = []
     for pair in pairs:
@@ -90,7 +96,7 @@ def patch_heads(
         # ablation: run the clean sentence with the head zeroed / set to its neutral mean
         clean = pair.clean
         T = len(clean.ids)
-        jobs = [(kind, lh) for kind in ("zero", "mean") for lh in heads]
+        jobs = [(kind, lh) for kind in ("zero", "mean") for lh in heads] if ablate else []
         for chunk in chunks(jobs, batch_size):
             plan = {}
             for layer in layers:
@@ -131,8 +137,8 @@ def patch_heads(
                     "lean_clean": lean_clean,
                     "lean_corrupted": lean_corr,
                     "lean_patched": v.get("lean_patched", np.nan),
-                    "lean_zero": v["lean_zero"],
-                    "lean_mean": v["lean_mean"],
+                    "lean_zero": v.get("lean_zero", np.nan),
+                    "lean_mean": v.get("lean_mean", np.nan),
                 }
             )
         if progress is not None:

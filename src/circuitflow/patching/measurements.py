@@ -166,6 +166,30 @@ def directional_ablation_measurements(
     return pd.concat(frames, ignore_index=True)
 
 
+ATTRIBUTION_NODES = {"resid": "atp_", "mlp": "atp_mlp_"}  # node -> metric prefix
+
+
+def attribution_measurements(table: pd.DataFrame, frames) -> pd.DataFrame:
+    """attribution.csv.gz -> measurements of the AtP estimates on ``frames`` (the exact
+    patching frames, not the screen's), unit = frame as for exact patching: residual and MLP
+    sites (``atp_recovery_<direction>``, ``atp_mlp_recovery_<direction>``) and each head's
+    patch (``atp_head_patch_recovery``, per condition), each against the unpatched run."""
+    t = table[table["frame_id"].isin(set(frames))]
+    parts = []
+    for node, prefix in ATTRIBUTION_NODES.items():
+        part = t[(t["node"] == node) & t["patch"].isin(list(RECOVERY_REFERENCE))]
+        m = residual_measurements(part.rename(columns={"patch": "direction"}))
+        parts.append(m.assign(metric=prefix + m["metric"]))
+    heads = t[t["patch"] == "head_patch"].assign(zero_effect=np.nan, mean_effect=np.nan)
+    m = head_measurements(heads)
+    m = m[m["condition"] != "all"]
+    parts.append(m.assign(metric="atp_" + m["metric"]))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=[*MEASUREMENT_COLUMNS, UNIT_KIND])
+    return pd.concat(parts, ignore_index=True)
+
+
 def text_measurements(
     residual: pd.DataFrame, heads: pd.DataFrame, ablation: pd.DataFrame
 ) -> pd.DataFrame:

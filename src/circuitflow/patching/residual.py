@@ -166,8 +166,10 @@ def patch_residual(
     min_denominator: float = 0.5,
     tokenizer=None,
     progress=None,
+    only: set[tuple[int, str]] | None = None,
 ) -> pd.DataFrame:
-    """Per pair x direction x layer x site: lean after patching hook_resid_pre."""
+    """Per pair x direction x layer x site: lean after patching hook_resid_pre. ``only``:
+    the (layer, site position) pairs to patch (the attribution screen), else every one."""
     cond_index = {c: i for i, c in enumerate(metric.conditions)}
     out = []
     caches: dict = {}
@@ -186,7 +188,14 @@ def patch_residual(
             key = (dest_id, start)
             if key not in caches:
                 caches[key] = patcher.prefix_cache(dest.ids, start)
-            jobs = [(layer, site) for layer in layers for site in sites]
+            jobs = [
+                (layer, site)
+                for layer in layers
+                for site in sites
+                if only is None or (layer, site.position) in only
+            ]
+            if not jobs:
+                continue
             for chunk in chunks(jobs, batch_size):
                 plan = {}
                 for layer in layers:

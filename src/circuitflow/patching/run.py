@@ -12,9 +12,18 @@ import torch
 from tqdm import tqdm
 
 from circuitflow import store
+from circuitflow.core.hooks import attach_bridge
 from circuitflow.core.layers import resolve_layers
 from circuitflow.core.tokens import pad_id, tokenize
 from circuitflow.patching.ablation import Probe, directional_ablation
+from circuitflow.patching.attribution import (
+    AttributionConfig,
+    GradientRunner,
+    agreement,
+    attribute_pairs,
+    chosen_heads,
+    chosen_sites,
+)
 from circuitflow.patching.controls import ablation_set, control_variances, record_train_stats
 from circuitflow.patching.engine import (
     RESID_SITE,
@@ -98,8 +107,15 @@ def run_text_patching(
     prepend_bos: bool = True,
     model_name: str = "model",
     progress: bool = True,
+    screen_table: pd.DataFrame | None = None,
+    atp: pd.DataFrame | None = None,
 ) -> dict:
     """Residual patching, head patching/ablation and directional ablation for one model.
+
+    With ``screen_table`` (:func:`circuitflow.patching.attribution.screen`), exact residual
+    and head patching run on its chosen sites and heads, and on the first
+    ``attribution.validation_frames`` frames also over the full grid (every layer, site and
+    head), compared with the AtP rows ``atp`` of those pairs (``agreement``).
 
     ``directions[c][layer]`` ``[d]`` and ``subspaces[c][layer]`` ``[K, d]`` are the
     condition's direction / PCA subspace at ``blocks.{layer}.hook_resid_pre``;
@@ -138,11 +154,20 @@ def run_text_patching(
     pairs, excluded = frame_pairs(rows, toks, frames, conditions, baseline)
     n_head_frames = len(frames) if cfg.head_frames is None else min(cfg.head_frames, len(frames))
     head_pairs = [p for p in pairs if p.frame_id in set(frames[:n_head_frames])]
+    sites = heads_chosen = None
+    val_pairs: list = []
+    if screen_table is not None:
+        acfg = AttributionConfig.from_config(cfg.attribution)
+        sites, heads_chosen = chosen_sites(screen_table), chosen_heads(screen_table)
+        res_layers = sorted({layer for layer, _ in sites})
+        head_layers = sorted({layer for layer, _ in heads_chosen})
+        val_pairs = [p for p in pairs if p.frame_id in set(frames[: acfg.validation_frames])]
+    grid = list(range(L)) if val_pairs else []
     patcher = Patcher(
         bridge,
         metric.flat_ids(),
-        resid_layers=sorted(set(res_layers) | set(abl_layers)),
-        head_layers=head_layers,
+        resid_layers=sorted(set(res_layers) | set(abl_layers) | set(grid)),
+        head_layers=sorted(set(head_layers) | set(grid)),
         model_name=model_name,
     )
     timings = {}
@@ -167,16 +192,14 @@ def run_text_patching(
             cfg.min_denominator,
             tokenizer,
             bar,
+            only=sites,
         )
         bar.close()
         timings["residual_s"] = time.time() - t
         t = time.time()
-        neutral = [r for r in rows if r["label"] == baseline and r["split"] == "train"]
         rng = np.random.default_rng(cfg.seed)
-        mean_pick = sorted(
-            rng.choice(len(neutral), size=min(cfg.mean_samples, len(neutral)), replace=False)
-        )
-        mean_z = mean_head_outputs(patcher, [toks[neutral[i]["sample_id"]] for i in mean_pick], pad)
+        mean_pick = mean_ablation_samples(rows, baseline, cfg, rng)
+        mean_z = mean_head_outputs(patcher, [toks[r["sample_id"]] for r in mean_pick], pad)
         bar = tqdm(total=len(head_pairs), desc=f"heads {model_name}", disable=not progress)
         heads = patch_heads(
             patcher,
@@ -189,10 +212,33 @@ def run_text_patching(
             cfg.batch_size,
             cfg.min_denominator,
             bar,
+            heads=heads_chosen,
         )
         bar.close()
         ranking = rank_heads(heads) if len(heads) else pd.DataFrame()
         timings["heads_s"] = time.time() - t
+        validation = {}
+        if val_pairs:
+            t = time.time()
+            args = (acts, leans, metric, grid)
+            validation["residual"] = patch_residual(
+                patcher, val_pairs, *args, cfg.batch_size, cfg.min_denominator, tokenizer
+            )
+            validation["heads"] = patch_heads(
+                patcher, val_pairs, *args, mean_z, cfg.batch_size, cfg.min_denominator,
+                ablate=False,
+            )  # fmt: skip
+            if atp is not None:
+                ids = {p.clean_id for p in val_pairs}
+                validation["agreement"] = agreement(
+                    atp[atp["clean_id"].isin(ids)],
+                    validation["residual"],
+                    validation["heads"],
+                    acfg.top_k_heads,
+                    acfg.recall_top,
+                    screen_table,
+                )
+            timings["validation_s"] = time.time() - t
         t = time.time()
         picks = pick_samples(rows, labels, "test", cfg.ablation_samples, rng)
         samples = [r for label in labels for r in picks[label]]
@@ -276,6 +322,10 @@ def run_text_patching(
         "excluded_pairs": excluded,
         "n_pairs_phrase_equal": sum(p.phrase_equal for p in pairs),
         "n_head_pairs": len(head_pairs),
+        "screened": screen_table is not None,
+        "n_validation_pairs": len(val_pairs),
+        "n_residual_sites_screened": None if sites is None else len(sites),
+        "n_heads_screened": None if heads_chosen is None else len(heads_chosen),
         "residual_layers": list(res_layers),
         "head_layers": list(head_layers),
         "ablation_layers": list(abl_layers),
@@ -295,7 +345,70 @@ def run_text_patching(
         "heads_ranking": ranking,
         "directional_ablation": ablation,
         "ablation_controls": variances,
+        "validation": validation,
         "metric": metric,
         "base_features": (samples, base_feats),
         "info": info,
     }
+
+
+def mean_ablation_samples(
+    rows: Sequence[dict], baseline: str, cfg: PatchConfig, rng: np.random.Generator
+) -> list[dict]:
+    """The neutral train samples whose mean head output is the head mean-ablation value (the
+    first draw of ``rng``, seeded with ``cfg.seed``)."""
+    neutral = [r for r in rows if r["label"] == baseline and r["split"] == "train"]
+    pick = sorted(rng.choice(len(neutral), size=min(cfg.mean_samples, len(neutral)), replace=False))
+    return [neutral[i] for i in pick]
+
+
+def run_attribution(
+    bridge,
+    rows: Sequence[dict],
+    cfg: PatchConfig,
+    labels: Sequence[str],
+    baseline: str,
+    prepend_bos: bool = True,
+    model_name: str = "model",
+    progress: bool = True,
+) -> dict:
+    """AtP over the full grid for the screen frames (``attribution.screen_split``) and the
+    frames exact patching uses (``patching.split``, the same seeded choice): the rows
+    (:data:`~circuitflow.patching.attribution.ATTRIBUTION_COLUMNS`) and run facts."""
+    t0 = time.time()
+    acfg = AttributionConfig.from_config(cfg.attribution)
+    tokenizer = bridge.tokenizer
+    pad = pad_id(tokenizer)
+    conditions = [label for label in labels if label != baseline]
+    metric = metric_tokens(tokenizer, cfg.metric_words, labels, baseline)
+    toks = dict(
+        zip([r["sample_id"] for r in rows], tokenize(tokenizer, rows, prepend_bos), strict=True)
+    )
+    exact = choose_frames(rows, cfg.split, cfg.n_frames, labels, cfg.seed)
+    screened = choose_frames(rows, acfg.screen_split, acfg.screen_frames, labels, cfg.seed + 1)
+    frames = list(dict.fromkeys([*screened, *exact]))
+    split_of = {r["frame_id"]: r["split"] for r in rows if r.get("frame_id")}
+    pairs, excluded = frame_pairs(rows, toks, frames, conditions, baseline)
+    L = bridge.cfg.n_layers
+    patcher = Patcher(bridge, metric.flat_ids(), head_layers=range(L), model_name=model_name)
+    with torch.no_grad(), patcher.attached():
+        means = mean_ablation_samples(rows, baseline, cfg, np.random.default_rng(cfg.seed))
+        mean_z = mean_head_outputs(patcher, [toks[r["sample_id"]] for r in means], pad)
+    runner = GradientRunner(bridge, metric, model_name)
+    bar = tqdm(total=len(pairs), desc=f"attribution {model_name}", disable=not progress)
+    with attach_bridge(bridge, runner.hooks(acfg.grad_drop)):
+        table = attribute_pairs(
+            runner, pairs, split_of, mean_z, cfg.min_denominator, acfg.grad_drop, bar
+        )
+    bar.close()
+    info = {
+        "screen_frames": screened,
+        "exact_frames": exact,
+        "n_pairs": len(pairs),
+        "n_pairs_excluded_misaligned": len(excluded),
+        "n_layers": L,
+        "n_heads": bridge.cfg.n_heads,
+        "grad_drop": acfg.grad_drop,
+        "seconds": round(time.time() - t0, 2),
+    }
+    return {"attribution": table, "metric": metric, "info": info}

@@ -21,6 +21,7 @@ not".
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -414,14 +415,19 @@ def encode_prompts(
 
 
 def select_prompts(rows: Sequence[Mapping], baseline: str, n_prompts: int) -> list[Mapping]:
-    """The first ``n_prompts`` test-split baseline (neutral) prompts, by sample id."""
+    """``n_prompts`` test-split baseline (neutral) prompts: frame sentences and free prompts
+    (no frame) taken in turn, each by sample id, so steering is not measured on the frame
+    templates alone."""
     pool = sorted(
         (r for r in rows if r["split"] == "test" and r["label"] == baseline),
         key=lambda r: r["sample_id"],
     )
     if not pool:
         raise SteeringError(f"no test-split prompts with label {baseline!r} to steer")
-    return pool[:n_prompts]
+    framed = [r for r in pool if r.get("frame_id")]
+    free = [r for r in pool if not r.get("frame_id")]
+    turns = [r for pair in itertools.zip_longest(framed, free) for r in pair if r is not None]
+    return turns[:n_prompts]
 
 
 @dataclass

@@ -312,11 +312,18 @@ def phase_config(section, dataset):
     calibration.overrides.<section> over it (fewer layers: a bounded calibration run).
     """
     if dataset in PERMUTED:
-        return {
-            **config[section],
-            **config["calibration"]["overrides"].get(section, {}),
-        }
+        return _merged(config[section], config["calibration"]["overrides"].get(section, {}))
     return config[section]
+
+
+def _merged(base, over):
+    """``base`` with the keys of ``over``; nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = _merged(out[key], value)
+        out[key] = value
+    return out
 
 
 def alignment_bootstrap_targets():

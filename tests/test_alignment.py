@@ -348,6 +348,7 @@ def _table(tiny_stores, config, null_ks=None):
 
 
 TABLE_CONFIG = alignment.AlignmentConfig(
+    sites=("hook_resid_pre", "hook_resid_post"),
     k_max=3,
     n_random=20,
     n_shuffles=30,

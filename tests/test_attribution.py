@@ -1,6 +1,8 @@
 """Attribution patching (AtP): exact on a linear metric, the gradients of the real hooks, the
 screen -> exact hand-off and the agreement with exact patching on tiny random models."""
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -191,7 +193,7 @@ def test_attribution_config_errors():
         atp.AttributionConfig(top_k_heads=0)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_atp_agrees_with_exact_patching_and_ranks_the_same_top_site(bridges, tiny_rows, arch):
     """Full pipeline on a tiny random model: the AtP grid, the screen, exact patching of the
     screened sites and heads, and the exact full grid on the validation frames. The top
@@ -246,3 +248,22 @@ def test_atp_agrees_with_exact_patching_and_ranks_the_same_top_site(bridges, tin
         "atp_head_patch_recovery",
     }  # fmt: skip
     assert (m.unit_kind == "frame").all() and set(m.arm) == {"treatment", "baseline"}
+
+
+def test_screened_sites_a_pair_lacks_give_empty_tables_with_every_column():
+    """A screen chosen on train frames may name sites (phrase tokens) no test pair has: exact
+    patching then writes empty tables that the measurements and summary still read."""
+    from types import SimpleNamespace
+
+    metric = SimpleNamespace(conditions=("anger",))
+    residual = patching.patch_residual(None, [], {}, {}, metric, [0], only={(0, "phrase_first")})
+    heads = patching.patch_heads(SimpleNamespace(device="cpu", n_heads=2), [], {}, {}, metric,
+                                 [0], {}, heads=[(0, 1)])  # fmt: skip
+    assert list(residual.columns) == patching.residual.RESIDUAL_COLUMNS and len(residual) == 0
+    assert residual["recovery"].dtype == float and heads["zero_effect"].dtype == float
+    assert len(patching.residual_measurements(residual)) == 0
+    assert len(patching.head_measurements(heads)) == 0
+    # as patch_model reads them back from CSV (no rows: every column is text)
+    back = [pd.read_csv(io.StringIO(t.to_csv(index=False))) for t in (residual, heads)]
+    assert len(patching.residual_measurements(back[0])) == 0
+    assert len(patching.head_measurements(back[1])) == 0

@@ -215,7 +215,7 @@ def test_calibration_table_rates_and_clopper_pearson_intervals():
     patch = t.loc[("patching", "vs_baseline")]
     assert (patch.null, patch.n, patch.n_p) == ("intervention", 40, 30)
     assert (patch.rate_p_ci_low, patch.rate_p_ci_high) == pytest.approx(_cp(30, 40))
-    assert not patch["pass"] and patch.verdict == "miscalibrated"
+    assert patch["pass"] is None and patch.verdict == "rejections_expected"  # not a test
 
     control = t.loc[("patching", "vs_random_control")]
     assert (control.null, control.n, control.n_p, control.n_untested) == ("labels", 10, 0, 2)
@@ -253,7 +253,9 @@ def test_null_kind():
     assert stats.null_kind("paired", "vs_baseline") == "intervention"
     assert stats.null_kind("paired", "vs_random_control") == "labels"
     assert stats.null_kind("independent", "vs_baseline") == "labels"
-    assert set(stats.NULLS) == {"labels", "intervention"}
+    assert stats.null_kind("permutation", "vs_shuffled_pairs") == "pairing"
+    assert stats.null_kind("permutation", "vs_permuted_labels") == "labels"
+    assert set(stats.NULLS) == {"labels", "intervention", "pairing"}
 
 
 def test_summary_names_the_phases_failing_calibration(tmp_path):
@@ -267,6 +269,8 @@ def test_summary_names_the_phases_failing_calibration(tmp_path):
                 np.r_[np.full(30, 1e-4), np.full(10, 0.5)],
             ),
             _effects("alignment", "overlap", "vs_shuffled", "permutation", np.full(60, 0.4)),
+            _effects("steering", "vader", "vs_random_control", "paired", np.full(40, 1e-3)),
+            _effects("alignment", "cka", "vs_shuffled_pairs", "permutation", np.full(20, 1e-3)),
         ],
         ignore_index=True,
     )
@@ -295,9 +299,10 @@ def test_summary_names_the_phases_failing_calibration(tmp_path):
     )
     text = report.summary_markdown(table, calibration=pd.read_csv(path))
     assert "## Calibration (permuted labels)" in text
-    assert "Phases failing calibration: patching (a rate shown above 0.05: patching;" in text
-    assert "- patching recovery, vs baseline (intervention): 30/40 p < 0.05 = 75% [" in text
-    assert "1 of 2 metric x comparisons pass." in text
+    assert "Phases failing calibration: steering (a rate shown above 0.05: steering;" in text
+    assert "- steering vader, vs random control (labels): 40/40 p < 0.05 = 100% [" in text
+    assert "patching recovery" not in text and "alignment cka" not in text  # not tests
+    assert "1 of 2 label-null metric x comparisons pass; 2 have an intervention" in text
     assert text.index("## Calibration") < text.index("## m")
     empty = report.summary_markdown(
         table, calibration=pd.DataFrame(columns=stats.CALIBRATION_COLUMNS)

@@ -39,6 +39,25 @@ def mean_head_outputs(
     return {layer: s / max(count, 1) for layer, s in sums.items()}
 
 
+HEAD_COLUMNS = [
+    "frame_id",
+    "sample_id",
+    "condition",
+    "clean_id",
+    "corrupted_id",
+    "layer",
+    "head",
+    "hook",
+    "patch_positions",
+    "n_patch_positions",
+    "lean_clean",
+    "lean_corrupted",
+    "lean_patched",
+    "lean_zero",
+    "lean_mean",
+]
+
+
 def patch_heads(
     patcher: Patcher,
     pairs: Sequence[FramePair],
@@ -143,16 +162,16 @@ def patch_heads(
             )
         if progress is not None:
             progress.update(1)
-    table = pd.DataFrame(out)
-    if len(table):
-        clean, corr = table["lean_clean"], table["lean_corrupted"]
-        table["recovery"], table["small_denominator"] = recovery(
-            table["lean_patched"], clean, corr, min_denominator
-        )
-        # fraction of the clean-vs-corrupted lean that the ablation removes (1 = all of it)
-        for kind in ("zero", "mean"):
-            table[f"{kind}_effect"] = 1.0 - recovery(table[f"lean_{kind}"], clean, corr)[0]
-            table[f"{kind}_delta"] = table[f"lean_{kind}"] - clean
+    table = pd.DataFrame(out, columns=HEAD_COLUMNS)  # an empty table keeps every column
+    leans = [c for c in HEAD_COLUMNS if c.startswith("lean_")]
+    table[leans] = table[leans].astype(float)
+    clean, corr = table["lean_clean"], table["lean_corrupted"]
+    rec, small = recovery(table["lean_patched"], clean, corr, min_denominator)
+    table["recovery"], table["small_denominator"] = rec, small.astype(bool)
+    # fraction of the clean-vs-corrupted lean that the ablation removes (1 = all of it)
+    for kind in ("zero", "mean"):
+        table[f"{kind}_effect"] = 1.0 - recovery(table[f"lean_{kind}"], clean, corr)[0]
+        table[f"{kind}_delta"] = table[f"lean_{kind}"] - clean
     return table
 
 

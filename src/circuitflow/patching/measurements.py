@@ -33,7 +33,8 @@ def residual_measurements(residual: pd.DataFrame) -> pd.DataFrame:
     one-sample t test of recovery against that value. Rows flagged ``small_denominator`` are
     left out; a position patched at several tokens of a pair (``suffix_mid``,
     ``phrase_mid``) is averaged within the unit."""
-    ok = residual[~residual["small_denominator"].astype(bool) & np.isfinite(residual["recovery"])]
+    rec = pd.to_numeric(residual["recovery"], errors="coerce")  # an empty CSV reads as text
+    ok = residual[~residual["small_denominator"].astype(bool) & np.isfinite(rec)]
     t = ok.assign(
         metric="recovery_" + ok["direction"],
         unit=ok["frame_id"],
@@ -66,7 +67,7 @@ def head_measurements(heads: pd.DataFrame) -> pd.DataFrame:
     ok = heads[~heads["small_denominator"].astype(bool)]
     frames = []
     for column, (metric, position) in HEAD_METRICS.items():
-        part = ok[np.isfinite(ok[column])]
+        part = ok[np.isfinite(pd.to_numeric(ok[column], errors="coerce"))]
         for cond_frame in (part, part.assign(condition="all")):
             t = cond_frame.assign(
                 metric=metric,

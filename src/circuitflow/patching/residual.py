@@ -155,6 +155,30 @@ def choose_frames(rows: Sequence[dict], split: str, n: int, labels: Sequence[str
 
 
 # ---------------------------------------------------------------- residual patching
+RESIDUAL_COLUMNS = [
+    "frame_id",
+    "sample_id",
+    "condition",
+    "clean_id",
+    "corrupted_id",
+    "direction",
+    "layer",
+    "hook",
+    "position",
+    "role",
+    "token_index",
+    "n_positions",
+    "offset_from_end",
+    "token",
+    "phrase_equal",
+    "lean_clean",
+    "lean_corrupted",
+    "lean_patched",
+    "recovery",
+    "small_denominator",
+]
+
+
 def patch_residual(
     patcher: Patcher,
     pairs: Sequence[FramePair],
@@ -242,12 +266,13 @@ def patch_residual(
         caches = {k: v for k, v in caches.items() if k[0] in (pair.corrupted_id,)}
         if progress is not None:
             progress.update(1)
-    table = pd.DataFrame(out)
-    if len(table):
-        rec, small = recovery(
-            table["lean_patched"], table["lean_clean"], table["lean_corrupted"], min_denominator
-        )
-        table["recovery"], table["small_denominator"] = rec, small
+    table = pd.DataFrame(out, columns=RESIDUAL_COLUMNS[:-2])  # an empty table keeps them
+    leans = ["lean_clean", "lean_corrupted", "lean_patched"]
+    table[leans] = table[leans].astype(float)
+    rec, small = recovery(
+        table["lean_patched"], table["lean_clean"], table["lean_corrupted"], min_denominator
+    )
+    table["recovery"], table["small_denominator"] = rec, small.astype(bool)
     return table
 
 

@@ -478,7 +478,8 @@ def calibration_lines(calibration: pd.DataFrame) -> list[str]:
     lines = ["", "## Calibration (permuted labels)", ""]
     if not len(calibration):
         return [*lines, "No calibration copies were run (calibration.seeds is empty)."]
-    passed = calibration["pass"].astype(str).str.lower().isin(["true", "1"])
+    passed = calibration["pass"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    tests = calibration["null"] == "labels"
     alpha, max_rate = calibration["alpha"].iloc[0], calibration["max_rate"].iloc[0]
     lines.append(
         "The same tests on copies of the prompt datasets with permuted labels "
@@ -486,9 +487,11 @@ def calibration_lines(calibration: pd.DataFrame) -> list[str]:
         f"Clopper-Pearson bound of its rate of p < {alpha:g} is at most {max_rate:.0%}. Null "
         "'labels': nothing is there to find; 'intervention': a paired comparison with the "
         "unit's own unmodified run, which permuting labels keeps, so a rejection there shows "
-        "the intervention acts, not that it acts on the labelled property."
+        "the intervention acts, not that it acts on the labelled property; 'pairing': "
+        "shuffled cross-model pairings, which permuting labels keeps too. Only label nulls "
+        "are calibration tests."
     )
-    failing = sorted(set(calibration.loc[~passed, "phase"]))
+    failing = sorted(set(calibration.loc[~passed & tests, "phase"]))
     line = f"Phases failing calibration: {', '.join(failing) or 'none'}"
     shown = sorted(set(calibration.loc[calibration["verdict"] == "miscalibrated", "phase"]))
     if failing:
@@ -497,13 +500,16 @@ def calibration_lines(calibration: pd.DataFrame) -> list[str]:
             "few tests to show a rate at or below the bound)"
         )
     lines += ["", line + "."]
-    for r in calibration[~passed].itertuples():
+    for r in calibration[~passed & tests].itertuples():
         lines.append(
             f"- {r.phase} {r.metric}, {r.comparison.replace('_', ' ')} ({r.null}): "
             f"{r.n_p}/{r.n} p < {alpha:g} = {r.rate_p:.0%} [{r.rate_p_ci_low:.0%}, "
             f"{r.rate_p_ci_high:.0%}], {r.n_fdr} survive BH-FDR ({r.rate_fdr:.0%}): {r.verdict}"
         )
-    lines.append(f"{int(passed.sum())} of {len(calibration)} metric x comparisons pass.")
+    lines.append(
+        f"{int((passed & tests).sum())} of {int(tests.sum())} label-null metric x comparisons "
+        f"pass; {int((~tests).sum())} have an intervention or pairing null (rejections expected)."
+    )
     return lines
 
 

@@ -16,6 +16,13 @@ Two kinds of null (:data:`NULLS`), read from each row's design and comparison:
   (``vs_baseline`` of patching, steering, ablation). Permuting labels keeps the
   intervention, so rejections are expected: such a test is evidence that the intervention
   does something, not that it does something to the labelled property.
+- ``pairing``: a comparison against shuffled cross-model pairings (``vs_shuffled_pairs``:
+  maps refit on shuffled pairs, CKA and mutual k-NN of shuffled test pairs). It asks whether
+  the two models' paired samples correspond, which permuting labels keeps as well.
+
+Only ``labels`` rows are calibration tests: their verdict is calibrated, miscalibrated or
+inconclusive and ``pass`` says whether they stay at the bound. The other kinds get the
+verdict ``rejections_expected``; they neither pass nor fail (``pass`` empty).
 
 Rows of one table share their permutation (all layers of a copy see the same shuffled
 labels), so the rows are not independent and the binomial interval is narrower than the
@@ -37,8 +44,8 @@ from circuitflow import store
 from circuitflow.core.errors import CircuitflowError
 from circuitflow.stats.corrections import SKIPPED_TEST
 
-NULLS = ("labels", "intervention")
-VERDICTS = ("calibrated", "miscalibrated", "inconclusive")
+NULLS = ("labels", "intervention", "pairing")
+VERDICTS = ("calibrated", "miscalibrated", "inconclusive", "rejections_expected")
 CALIBRATION_GROUP = ["phase", "metric", "comparison", "null"]
 CALIBRATION_COLUMNS = [
     *CALIBRATION_GROUP,
@@ -68,9 +75,12 @@ class CalibrationError(CircuitflowError, ValueError):
 
 
 def null_kind(design: str, comparison: str) -> str:
-    """``intervention`` for a paired comparison with the unit's own unmodified run, else
-    ``labels`` (see the module docstring)."""
-    return "intervention" if design == "paired" and comparison == "vs_baseline" else "labels"
+    """``intervention`` for a paired comparison with the unit's own unmodified run,
+    ``pairing`` for a comparison with shuffled cross-model pairings, else ``labels`` (see
+    the module docstring)."""
+    if design == "paired" and comparison == "vs_baseline":
+        return "intervention"
+    return "pairing" if comparison == "vs_shuffled_pairs" else "labels"
 
 
 def rate_ci(k: int, n: int, confidence_level: float = 0.95) -> tuple[float, float, float]:
@@ -124,6 +134,12 @@ def calibration_table(
         n_fdr = int((part["p_fdr_bh"] < alpha).sum())
         rate_p, low_p, high_p = rate_ci(n_p, n, confidence_level)
         rate_fdr, low_fdr, high_fdr = rate_ci(n_fdr, n, confidence_level)
+        is_test = dict(zip(CALIBRATION_GROUP, key, strict=True))["null"] == "labels"
+        if not is_test:
+            judged, passed = "rejections_expected", None
+        else:
+            judged = verdict(low_p, high_p, alpha, max_rate) if n else "inconclusive"
+            passed = bool(n > 0 and high_p <= max_rate)
         rows.append(
             {
                 **dict(zip(CALIBRATION_GROUP, key, strict=True)),
@@ -141,18 +157,24 @@ def calibration_table(
                 "rate_fdr_ci_high": high_fdr,
                 "alpha": alpha,
                 "max_rate": max_rate,
-                "pass": bool(n > 0 and high_p <= max_rate),
-                "verdict": verdict(low_p, high_p, alpha, max_rate) if n else "inconclusive",
+                "pass": passed,
+                "verdict": judged,
             }
         )
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
 
 
 def failing_phases(table: pd.DataFrame) -> list[str]:
-    """Phases with at least one metric x comparison that does not pass, sorted."""
+    """Phases with at least one label-null metric x comparison that does not pass, sorted."""
     if not len(table):
         return []
-    return sorted(set(table.loc[~table["pass"].astype(bool), "phase"]))
+    return sorted(set(table.loc[~passes(table) & (table["null"] == "labels"), "phase"]))
+
+
+def passes(table: pd.DataFrame) -> pd.Series:
+    """``pass`` as booleans (also as read back from CSV); non-label nulls are False here and
+    are told apart by ``null``."""
+    return table["pass"].astype(str).str.lower().isin(["true", "1", "1.0"])
 
 
 # ---------------------------------------------------------------- relabelled activations

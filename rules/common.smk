@@ -312,7 +312,9 @@ def phase_config(section, dataset):
     calibration.overrides.<section> over it (fewer layers: a bounded calibration run).
     """
     if dataset in PERMUTED:
-        return _merged(config[section], config["calibration"]["overrides"].get(section, {}))
+        return _merged(
+            config[section], config["calibration"]["overrides"].get(section, {})
+        )
     return config[section]
 
 

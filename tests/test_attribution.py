@@ -7,20 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_patching import LABELS, TINY_WORDS
 from tiny_models import ARCHS
 
 from circuitflow import models, patching
 from circuitflow.core.hooks import attach_bridge
 from circuitflow.core.tokens import Tokenized
 from circuitflow.patching import attribution as atp
-
-LABELS = ["gratitude", "anger", "apology", "neutral"]
-TINY_WORDS = {
-    "gratitude": ["thank"],
-    "anger": ["angry", "furious"],
-    "apology": ["sorry"],
-    "neutral": ["the"],
-}
 
 
 @pytest.fixture(scope="module")

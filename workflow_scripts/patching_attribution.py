@@ -20,10 +20,7 @@ def main(smk):
     p = smk.params
     out = Path(smk.output[0])
     rows = store.read_samples(smk.input.dataset)
-    settings = dict(p.patching)
-    for key in ("position_sets", "ablation_controls"):
-        settings[key] = tuple(settings[key])
-    cfg = patching.PatchConfig(seed=p.seed, **settings)
+    cfg = patching.PatchConfig.from_params(p.patching, p.seed)
     acfg = patching.AttributionConfig.from_config(cfg.attribution)
     bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
     result = patching.run_attribution(
@@ -48,15 +45,7 @@ def main(smk):
         out,
         kind="attribution",
         inputs={"dataset": smk.input.dataset, "model": smk.input.model},
-        params={
-            "dataset": p.dataset,
-            "model": p.model,
-            "dtype": p.dtype,
-            "prepend_bos": p.prepend_bos,
-            "labels": list(p.labels),
-            "baseline": p.baseline,
-            "patching": dict(p.patching),
-        },
+        params=patching.manifest_params(p),
         seeds={"seed": p.seed},
         extra={"run": info},
     )

@@ -39,10 +39,7 @@ def main(smk):
     p = smk.params
     out = Path(smk.output[0])
     rows = store.read_samples(smk.input.dataset)
-    settings = dict(p.patching)
-    for key in ("position_sets", "ablation_controls"):
-        settings[key] = tuple(settings[key])
-    cfg = patching.PatchConfig(seed=p.seed, **settings)
+    cfg = patching.PatchConfig.from_params(p.patching, p.seed)
     bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
     L = bridge.cfg.n_layers
     conditions = [label for label in p.labels if label != p.baseline]
@@ -129,15 +126,7 @@ def main(smk):
             "activations": smk.input.activations,
             **({"screen": smk.input.screen} if screen is not None else {}),
         },
-        params={
-            "dataset": p.dataset,
-            "model": p.model,
-            "dtype": p.dtype,
-            "prepend_bos": p.prepend_bos,
-            "labels": list(p.labels),
-            "baseline": p.baseline,
-            "patching": dict(p.patching),
-        },
+        params=patching.manifest_params(p),
         seeds={"seed": p.seed},
         extra={"run": info, "summary": summary},
     )

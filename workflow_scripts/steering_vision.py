@@ -36,11 +36,10 @@ def main(smk):
     readouts, clip, pairs = run.readouts, run.clip, run.pairs
     steer = steering.steer_hooks(hooks, readout, cfg.layers)
     directions = ro.store_directions(smk.input.vectors, steer, rcfg.attributes, cfg.position)
-    train = store.read_array(acts, "split") == "train"
-    pooled = {h: store.read_array(acts, h) for h in steer}
-    norms = {h: steering.mean_pooled_norm(a, train, cfg.position) for h, a in pooled.items()}
-    # the matched controls' covariance: train-split pooled activations at each steered hook
+    # train-split pooled activations at each steered hook: the steering scale and the
+    # covariance the matched controls are drawn from
     control_x = ro.train_pooled(acts, steer, cfg.position)
+    norms = {h: steering.mean_pooled_norm(x) for h, x in control_x.items()}
     images = store.read_images(smk.input.dataset)
     start = time.perf_counter()
     table = steering.run_steering(
@@ -60,11 +59,8 @@ def main(smk):
             tower_dirs = ro.store_directions(
                 smk.input.vectors, tower, rcfg.attributes, cfg.position
             )
-            tower_acts = {h: store.read_array(acts, h) for h in tower}
-            tower_norms = {
-                h: steering.mean_pooled_norm(a, train, cfg.position) for h, a in tower_acts.items()
-            }
             tower_x = ro.train_pooled(acts, tower, cfg.position)
+            tower_norms = {h: steering.mean_pooled_norm(x) for h, x in tower_x.items()}
             prompt = steering.description_prompt_ids(smk.input.model, cfg.describe_prompt)
             rows_d = steering.run_descriptions(
                 vm,

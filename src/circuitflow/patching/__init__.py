@@ -82,6 +82,7 @@ from circuitflow.patching.residual import (
     patch_residual,
 )
 from circuitflow.patching.run import (
+    manifest_params,
     pick_samples,
     read_vectors,
     run_attribution,
@@ -109,6 +110,7 @@ __all__ = [
     "attribution_measurements",
     "chosen_heads",
     "chosen_sites",
+    "manifest_params",
     "run_attribution",
     "screen",
     "ABLATION_CONTROLS",

@@ -46,6 +46,8 @@ from circuitflow.patching.engine import (
     RESID_SITE,
     MetricTokens,
     PatchingError,
+    lean_tensor,
+    readout_weights,
     recovery,
 )
 from circuitflow.patching.residual import FramePair, pair_sites
@@ -123,11 +125,7 @@ class GradientRunner:
         self.bridge, self.metric, self.model_name = bridge, metric, model_name
         self.device = next(bridge.parameters()).device
         self.n_layers, self.n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
-        ids = torch.as_tensor(metric.flat_ids(), dtype=torch.long, device=self.device)
-        self.W_U = bridge.W_U.detach()[:, ids].float()
-        b_U = getattr(bridge, "b_U", None)
-        self.b_U = None if b_U is None else b_U.detach()[ids].float()
-        self.groups = metric.groups()
+        self.W_U, self.b_U = readout_weights(bridge, metric.flat_ids(), self.device)
         self.captured: dict = {}
         self.drop: int | None = None
         self.logits = None
@@ -181,11 +179,7 @@ class GradientRunner:
         )
         if self.logits is None:
             raise PatchingError(f"model {self.model_name!r}: hook ln_final.hook_out never fired")
-        x = self.logits[None].double()
-        base = torch.logsumexp(x[:, self.groups[self.metric.baseline]], dim=1)
-        leans = torch.stack(
-            [torch.logsumexp(x[:, self.groups[c]], dim=1) - base for c in self.metric.conditions]
-        )[:, 0]
+        leans = lean_tensor(self.logits[None].double(), self.metric)[0]
         return {"nodes": dict(self.captured), "leans": leans}
 
     def gradients(self, run: dict, ci: int, drop: int | None = None) -> dict:

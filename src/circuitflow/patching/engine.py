@@ -91,6 +91,15 @@ class PatchConfig:
     attribution: Mapping[str, object]
     seed: int = 0
 
+    @classmethod
+    def from_params(cls, settings: Mapping, seed: int) -> PatchConfig:
+        """``config['patching']`` as a rule passes it (lists from YAML) and the run seed."""
+        s = dict(settings)
+        for key in ("position_sets", "ablation_controls"):
+            if key in s:
+                s[key] = tuple(s[key])
+        return cls(seed=seed, **s)
+
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ConfigError(f"patching.split: {self.split!r} not in {', '.join(SPLITS)}")
@@ -234,11 +243,27 @@ def lean(
     metric: MetricTokens,
 ) -> Float[np.ndarray, "rows n_conditions"]:
     """``[rows, n_conditions]`` leans from the logits of ``metric.flat_ids()``."""
-    x = torch.as_tensor(class_logits, dtype=torch.float64)
+    return lean_tensor(torch.as_tensor(class_logits, dtype=torch.float64), metric).numpy()
+
+
+def lean_tensor(
+    class_logits: Float[torch.Tensor, "rows n_ids"], metric: MetricTokens
+) -> Float[torch.Tensor, "rows n_conditions"]:
+    """:func:`lean` on a tensor, differentiable (attribution patching takes its gradient)."""
     groups = metric.groups()
-    base = torch.logsumexp(x[:, groups[metric.baseline]], dim=1)
-    cols = [torch.logsumexp(x[:, groups[c]], dim=1) - base for c in metric.conditions]
-    return torch.stack(cols, dim=1).numpy()
+    base = torch.logsumexp(class_logits[:, groups[metric.baseline]], dim=1)
+    cols = [torch.logsumexp(class_logits[:, groups[c]], dim=1) - base for c in metric.conditions]
+    return torch.stack(cols, dim=1)
+
+
+def readout_weights(
+    bridge, readout_ids: Sequence[int], device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``W_U[:, ids]`` and ``b_U[ids]`` (None without a bias), float32 on ``device``: the only
+    unembedding columns the lean needs."""
+    ids = torch.as_tensor(list(readout_ids), dtype=torch.long, device=device)
+    b_U = getattr(bridge, "b_U", None)
+    return bridge.W_U.detach()[:, ids].float(), None if b_U is None else b_U.detach()[ids].float()
 
 
 def recovery(
@@ -296,10 +321,7 @@ class Patcher:
         self.n_layers = bridge.cfg.n_layers
         self.n_heads = bridge.cfg.n_heads
         self.d_model = bridge.cfg.d_model
-        ids = torch.as_tensor(list(readout_ids), dtype=torch.long, device=self.device)
-        self.W_U = bridge.W_U.detach()[:, ids].float()
-        b_U = getattr(bridge, "b_U", None)
-        self.b_U = None if b_U is None else b_U.detach()[ids].float()
+        self.W_U, self.b_U = readout_weights(bridge, readout_ids, self.device)
         self.hf_config = bridge.original_model.config
         self.resid_layers = tuple(sorted(set(resid_layers)))
         self.head_layers = tuple(sorted(set(head_layers)))

@@ -130,7 +130,7 @@ def run_text_patching(
     pad = pad_id(tokenizer)
     L = bridge.cfg.n_layers
     conditions = [label for label in labels if label != baseline]
-    metric = metric_tokens(tokenizer, cfg.metric_words, labels, baseline)
+    metric, toks = _tokens(bridge, rows, cfg, labels, baseline, prepend_bos)
     res_layers = resolve_layers(cfg.residual_layers, L, "patching.residual_layers", model_name)
     head_layers = resolve_layers(cfg.head_layers, L, "patching.head_layers", model_name)
     abl_layers = resolve_layers(cfg.ablation_layers, L, "patching.ablation_layers", model_name)
@@ -143,14 +143,7 @@ def run_text_patching(
                     f"at {store.hook_name(missing[0], RESID_SITE)}; extract hook_resid_pre "
                     "(extract.sites) or set patching.ablation_layers"
                 )
-    toks = dict(
-        zip(
-            [r["sample_id"] for r in rows],
-            tokenize(tokenizer, rows, prepend_bos),
-            strict=True,
-        )
-    )
-    frames = choose_frames(rows, cfg.split, cfg.n_frames, labels, cfg.seed)
+    frames = exact_frames(rows, cfg, labels)
     pairs, excluded = frame_pairs(rows, toks, frames, conditions, baseline)
     n_head_frames = len(frames) if cfg.head_frames is None else min(cfg.head_frames, len(frames))
     head_pairs = [p for p in pairs if p.frame_id in set(frames[:n_head_frames])]
@@ -352,6 +345,34 @@ def run_text_patching(
     }
 
 
+def manifest_params(params) -> dict:
+    """The manifest ``params`` of a text patching rule (attribution_patching, patch_model)
+    from its Snakemake params."""
+    return {
+        "dataset": params.dataset,
+        "model": params.model,
+        "dtype": params.dtype,
+        "prepend_bos": params.prepend_bos,
+        "labels": list(params.labels),
+        "baseline": params.baseline,
+        "patching": dict(params.patching),
+    }
+
+
+def _tokens(bridge, rows, cfg: PatchConfig, labels, baseline, prepend_bos):
+    """The lean's metric tokens and every row's tokens by sample id."""
+    metric = metric_tokens(bridge.tokenizer, cfg.metric_words, labels, baseline)
+    ids = [r["sample_id"] for r in rows]
+    toks = dict(zip(ids, tokenize(bridge.tokenizer, rows, prepend_bos), strict=True))
+    return metric, toks
+
+
+def exact_frames(rows: Sequence[dict], cfg: PatchConfig, labels: Sequence[str]) -> list[str]:
+    """The frames exact patching runs on (``patching.split``, seeded); attribution patching
+    estimates the same ones."""
+    return choose_frames(rows, cfg.split, cfg.n_frames, labels, cfg.seed)
+
+
 def mean_ablation_samples(
     rows: Sequence[dict], baseline: str, cfg: PatchConfig, rng: np.random.Generator
 ) -> list[dict]:
@@ -377,14 +398,10 @@ def run_attribution(
     (:data:`~circuitflow.patching.attribution.ATTRIBUTION_COLUMNS`) and run facts."""
     t0 = time.time()
     acfg = AttributionConfig.from_config(cfg.attribution)
-    tokenizer = bridge.tokenizer
-    pad = pad_id(tokenizer)
+    pad = pad_id(bridge.tokenizer)
     conditions = [label for label in labels if label != baseline]
-    metric = metric_tokens(tokenizer, cfg.metric_words, labels, baseline)
-    toks = dict(
-        zip([r["sample_id"] for r in rows], tokenize(tokenizer, rows, prepend_bos), strict=True)
-    )
-    exact = choose_frames(rows, cfg.split, cfg.n_frames, labels, cfg.seed)
+    metric, toks = _tokens(bridge, rows, cfg, labels, baseline, prepend_bos)
+    exact = exact_frames(rows, cfg, labels)
     screened = choose_frames(rows, acfg.screen_split, acfg.screen_frames, labels, cfg.seed + 1)
     frames = list(dict.fromkeys([*screened, *exact]))
     split_of = {r["frame_id"]: r["split"] for r in rows if r.get("frame_id")}

@@ -102,11 +102,10 @@ def steer_hooks(hooks: Sequence[str], readout: str, layers: Sequence[float | int
     return sorted(set(out), key=list(hooks).index)
 
 
-def mean_pooled_norm(
-    acts: Float[np.ndarray, "sample position d"], train: np.ndarray, position: str = "mean"
-) -> float:
-    """Mean over train samples of ||x|| at a pooled position of an activation-store array."""
-    a = np.asarray(acts, np.float64)[np.asarray(train), store.VISION_POSITIONS.index(position)]
+def mean_pooled_norm(pooled: Float[np.ndarray, "n d"]) -> float:
+    """Mean ||x|| of train-split pooled activations at one hook
+    (:func:`circuitflow.models.readout.train_pooled`)."""
+    a = np.asarray(pooled, np.float64)
     if not len(a):
         raise VisionSteeringError("no train samples for the mean activation norm")
     return float(np.linalg.norm(a, axis=-1).mean())

@@ -25,6 +25,7 @@ except WorkflowError as err:
 
 
 include: "rules/common.smk"
+include: "rules/common_projectors.smk"
 include: "rules/models.smk"
 include: "rules/dataset.smk"
 include: "rules/extract.smk"
@@ -33,6 +34,7 @@ include: "rules/sae.smk"
 include: "rules/alignment.smk"
 include: "rules/patching.smk"
 include: "rules/steering.smk"
+include: "rules/projectors.smk"
 include: "rules/stats.smk"
 include: "rules/calibration.smk"
 include: "rules/report.smk"

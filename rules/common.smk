@@ -4,7 +4,35 @@ from pathlib import Path
 
 from circuitflow import store
 
+# The projector study (rules/projectors.smk): one assembled VLM per architecture x seed,
+# trained on projectors.dataset; the best joins the models as projectors.circuit_model.
+PROJECTORS = config["projectors"]
+PROJECTOR_VLMS = (
+    {
+        f"vlm-{arch}-s{seed}": (arch, seed)
+        for arch in PROJECTORS["architectures"]
+        for seed in PROJECTORS["seeds"]
+    }
+    if PROJECTORS["dataset"]
+    else {}
+)
+CIRCUIT_VLM = PROJECTORS["circuit_model"] if PROJECTOR_VLMS else None
+if CIRCUIT_VLM:
+    lm = config["models"].get(PROJECTORS["lm"], {})
+    config["models"].setdefault(
+        CIRCUIT_VLM,
+        {
+            "source": "projectors:best",
+            "family": "vlm",
+            "backend": "assembled",
+            "dtype": lm.get("dtype", "float32"),
+            "device": lm.get("device", "cpu"),
+            "prepend_bos": True,
+            "per_token_layers": [],
+        },
+    )
 MODELS = list(config["models"])
+PREPARED_MODELS = [m for m in MODELS if m != CIRCUIT_VLM]  # prepare_model makes these
 DATASETS = list(config["datasets"])
 EFFECT_SIZES = store.EFFECT_SIZES
 # Calibration (rules/calibration.smk): a permuted-label copy of each prompt dataset per seed,
@@ -25,7 +53,7 @@ def _choice(names):
 
 
 wildcard_constraints:
-    model=_choice(MODELS),
+    model=_choice(MODELS + list(PROJECTOR_VLMS)),
     dataset=_choice(DATASETS + CALIBRATION_DATASETS),
 
 
@@ -49,7 +77,10 @@ def dataset_sources(wildcards):
 # Prompt datasets run on causal LMs; image datasets (kind images | image_manifest) on vision
 # encoders and VLMs. Text-only phases (SAE, alignment, patching, steering) use the text pairs.
 PROMPT_DATASETS = [d for d in DATASETS if dataset_entry(d)["kind"] == "prompts"]
-IMAGE_DATASETS = [d for d in DATASETS if dataset_entry(d)["kind"] != "prompts"]
+CAPTION_DATASETS = [d for d in DATASETS if dataset_entry(d)["kind"] == "captions"]
+IMAGE_DATASETS = [
+    d for d in DATASETS if d not in PROMPT_DATASETS and d not in CAPTION_DATASETS
+]
 TEXT_MODELS = [m for m in MODELS if model_entry(m)["family"] == "causal-lm"]
 VISION_MODELS = [m for m in MODELS if model_entry(m)["family"] != "causal-lm"]
 
@@ -67,7 +98,7 @@ def vectors_targets():
     """Vectors stores of every (dataset, model) pair that runs: text x text, images x vision."""
     return [
         store.VECTORS.format(dataset=d, model=m)
-        for d in DATASETS
+        for d in PROMPT_DATASETS + IMAGE_DATASETS
         for m in dataset_models(d)
     ]
 
@@ -121,7 +152,11 @@ def image_sources(wildcards):
     entry = dataset_entry(wildcards.dataset)
     if entry["kind"] == "image_manifest":
         return {"manifest": entry["manifest"]["csv"]}
-    paths = [s for s in entry["images"]["sources"] if not s.startswith("builtin:")]
+    if entry["kind"] == "captions" and entry["captions"].get("csv"):
+        return {"captions": entry["captions"]["csv"]}
+    paths = [
+        s for s in entry["images"].get("sources", []) if not s.startswith("builtin:")
+    ]
     return {f"source{i}": path for i, path in enumerate(paths)}
 
 
@@ -136,7 +171,10 @@ def check_config():
                 f"config key datasets.{name}.baseline: {entry['baseline']!r} is not one of "
                 f"labels {entry['labels']}"
             )
-        if entry["kind"] == "images" and not entry.get("images", {}).get("sources"):
+        captions_csv = entry["kind"] == "captions" and entry["captions"].get("csv")
+        if entry["kind"] in ("images", "captions") and not (
+            captions_csv or entry.get("images", {}).get("sources")
+        ):
             raise WorkflowError(
                 f"config key datasets.{name}.images.sources: give photographs "
                 "(builtin:<name>, image files or folders)"
@@ -148,6 +186,10 @@ def check_config():
         if entry["kind"] == "prompts" and not ("prompts" in entry or "frames" in entry):
             raise WorkflowError(
                 f"config key datasets.{name}: give prompts and/or frames (JSONL paths)"
+            )
+        if captions_csv and not Path(captions_csv).exists():
+            raise WorkflowError(
+                f"config key datasets.{name}.captions.csv: file {captions_csv} does not exist"
             )
         for key in ("prompts", "frames"):
             if key in entry and not Path(entry[key]).exists():
@@ -248,7 +290,7 @@ def steering_targets():
 def separation_targets():
     return [
         store.VECTORS_MEASUREMENTS.format(dataset=d, model=m)
-        for d in DATASETS
+        for d in PROMPT_DATASETS + IMAGE_DATASETS
         for m in dataset_models(d)
     ]
 

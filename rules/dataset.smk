@@ -24,8 +24,9 @@ rule build_prompts:
 
 # ---- vision ----
 rule build_images:
-    """Aesthetic counterfactuals of real photographs (one attribute per variant, graded levels)
-    or a scored CSV manifest (PARA / AADB); split by source photograph."""
+    """Aesthetic counterfactuals of real photographs (one attribute per variant, graded levels),
+    a scored CSV manifest (PARA / AADB), or image-caption pairs (augmented views with templated
+    captions, or a user CSV); split by source photograph."""
     input:
         unpack(image_sources),
     output:
@@ -33,7 +34,7 @@ rule build_images:
     log:
         "logs/build_images/{dataset}.log",
     wildcard_constraints:
-        dataset=_only(IMAGE_DATASETS),
+        dataset=_only(IMAGE_DATASETS + CAPTION_DATASETS),
     cache: "omit-software"
     conda:
         "../envs/circuitflow.yaml"
@@ -44,6 +45,7 @@ rule build_images:
         baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
         images=lambda wc: dataset_entry(wc.dataset)["images"],
         manifest=lambda wc: dataset_entry(wc.dataset).get("manifest", {}),
+        captions=lambda wc: dataset_entry(wc.dataset)["captions"],
         test_fraction=lambda wc: dataset_entry(wc.dataset)["test_fraction"],
         seed=config["seed"],
     script:

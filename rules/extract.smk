@@ -10,7 +10,7 @@ rule extract_activations:
     cache: "omit-software"
     conda:
         "../envs/circuitflow.yaml"
-    threads: all_cores()
+    threads: all_cores(0.5)
     resources:
         mem_mb=8000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),

@@ -4,6 +4,8 @@ rule prepare_model:
         directory(store.MODEL_DIR),
     log:
         "logs/prepare_model/{model}.log",
+    wildcard_constraints:
+        model=_only(PREPARED_MODELS),
     cache: "omit-software"
     conda:
         "../envs/circuitflow.yaml"

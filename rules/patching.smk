@@ -16,7 +16,7 @@ rule attribution_patching:
     cache: "omit-software"
     conda:
         "../envs/circuitflow.yaml"
-    threads: all_cores()
+    threads: all_cores(0.5)
     resources:
         mem_mb=6000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
@@ -51,7 +51,7 @@ rule patch_model:
     cache: "omit-software"
     conda:
         "../envs/circuitflow.yaml"
-    threads: all_cores()
+    threads: all_cores(0.5)
     resources:
         mem_mb=6000,
         gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),

@@ -109,7 +109,7 @@ def test_atp_gradients_match_small_exact_patches(bridges, arch):
         bridge, metric.flat_ids(), resid_layers=range(L), head_layers=range(L)
     )
     eps = 1e-3
-    base = float(r_corr["leans"][1].detach())
+    base = float(r_corr["leans"][0, 1].detach())
     with torch.no_grad(), patcher.attached():
         for layer in range(L):
             site = sites[-1]  # the last token
@@ -260,3 +260,27 @@ def test_screened_sites_a_pair_lacks_give_empty_tables_with_every_column():
     back = [pd.read_csv(io.StringIO(t.to_csv(index=False))) for t in (residual, heads)]
     assert len(patching.residual_measurements(back[0])) == 0
     assert len(patching.head_measurements(back[1])) == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_gradients_equal_one_sentence_passes(bridges, arch):
+    """Right-padded rows of one pass give each sentence's own nodes and gradients: a frame
+    is one forward and one backward pass however many conditions share its neutral sentence."""
+    bridge = bridges[arch]
+    metric = patching.metric_tokens(bridge.tokenizer, TINY_WORDS, LABELS, "neutral")
+    short, long_ = _pair(vocab=bridge.cfg.d_vocab), _pair(n_pre=6, seed=1, vocab=bridge.cfg.d_vocab)
+    sentences = [long_.clean.ids, short.corrupted.ids, short.corrupted.ids]
+    conditions = [0, 1, 0]
+    runner = atp.GradientRunner(bridge, metric)
+    with attach_bridge(bridge, runner.hooks(False)):
+        run = runner.forward_batch(sentences)
+        batched = runner.gradients_batch(run, conditions)
+        for r, (ids, ci) in enumerate(zip(sentences, conditions, strict=True)):
+            one = runner.forward(ids)
+            grad = runner.gradients(one, ci)
+            assert run["lengths"][r] == len(ids)
+            torch.testing.assert_close(run["leans"][r], one["leans"][0], rtol=1e-5, atol=1e-6)
+            for key, value in atp.detached(one).items():
+                torch.testing.assert_close(atp.detached(run, r)[key], value, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(batched[r][key], grad[key], rtol=1e-4, atol=1e-6)
+    assert not torch.equal(batched[1][("resid", 0)], batched[2][("resid", 0)])  # per condition

@@ -13,6 +13,7 @@ PHASES = {
     "datasets",
     "extract",
     "patching",
+    "projectors",
     "report",
     "sae",
     "stats",

@@ -22,7 +22,7 @@ from circuitflow.models import ModelSourceError, ModelSpec, prepare_model
         (
             "backend",
             "onnx",
-            "models.m.backend: 'onnx' is not one of auto, hf, open_clip, torch, transformer_lens",
+            "models.m.backend: 'onnx' is not one of auto, assembled, hf, open_clip, torch, transformer_lens",
         ),
     ],
 )

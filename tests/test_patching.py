@@ -423,6 +423,7 @@ def test_run_patching_tables(bridges, tiny_rows):
         min_denominator=0.0,  # the tiny model's leans barely differ: keep every pair
         metric_words=TINY_WORDS,
         position_sets=("all", "non_emotion", "punctuation"),
+        head_ablations=("zero", "mean"),
     )
     out = patching.run_text_patching(
         bridge,
@@ -698,7 +699,10 @@ def test_patch_config_checks_the_new_keys():
         patching.PatchConfig(control_samples=4, refit_samples=5)
     with pytest.raises(ValueError, match="patching.ablation_controls"):
         patching.PatchConfig(ablation_controls=("gaussian",))
-    assert "punctuation" in patching.PatchConfig().position_sets
+    assert patching.PatchConfig().position_sets == ("all",)
+    assert patching.PatchConfig().head_ablations == ("mean",)
+    with pytest.raises(ValueError, match="patching.head_ablations: 'resample' not in zero, mean"):
+        patching.PatchConfig(head_ablations=("resample",))
 
 
 def test_head_and_residual_units_are_frames():

@@ -82,7 +82,7 @@ def test_dataclass_defaults_are_the_schema_defaults(index):
 
 
 def test_choice_lists_are_one_constant_each():
-    from circuitflow import alignment, evaluators, patching, sae, steering, vectors
+    from circuitflow import alignment, evaluators, patching, projectors, sae, steering, vectors
     from circuitflow.datasets import MANIFEST_LAYOUTS
     from circuitflow.models import readout
     from circuitflow.vectors import GRADED
@@ -110,6 +110,7 @@ def test_choice_lists_are_one_constant_each():
         "patching.split": (_enum("patching", "split"), patching.SPLITS),
         "patching.position_sets": (_enum("patching", "position_sets"), patching.POSITION_SETS),
         "patching.ablation_mode": (_enum("patching", "ablation_mode"), patching.ABLATION_MODES),
+        "patching.head_ablations": (_enum("patching", "head_ablations"), patching.HEAD_ABLATIONS),
         "patching.direction_position": (
             _enum("patching", "direction_position"),
             store.POSITIONS,
@@ -124,6 +125,10 @@ def test_choice_lists_are_one_constant_each():
         "vision.attributes": (_enum("vision", "attributes"), GRADED),
         "vision.readouts": (_enum("vision", "readouts"), readout.READOUTS),
         "vision.position": (_enum("vision", "position"), store.VISION_POSITIONS),
+        "projectors.architectures": (
+            _enum("projectors", "architectures"),
+            projectors.ARCHITECTURES,
+        ),
         "datasets.manifest.layout": (
             _prop("datasets")["additionalProperties"]["properties"]["manifest"]["properties"][
                 "layout"

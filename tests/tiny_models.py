@@ -17,8 +17,9 @@ def corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 400):
-    """Byte-level BPE trained on the test corpus, with <bos>/<pad>/<eos> and offsets."""
+def build_tokenizer(vocab_size: int = 400, extra_special: tuple[str, ...] = ()):
+    """Byte-level BPE trained on the test corpus, with <bos>/<pad>/<eos> (and
+    ``extra_special`` tokens, e.g. an image placeholder) and offsets."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -27,14 +28,17 @@ def build_tokenizer(vocab_size: int = 400):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<bos>", "<eos>"],
+        special_tokens=["<pad>", "<bos>", "<eos>", *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     )
+    if extra_special:
+        out.add_special_tokens({"additional_special_tokens": list(extra_special)})
+    return out
 
 
 def build_config(arch: str, vocab_size: int):
@@ -77,12 +81,14 @@ def build_config(arch: str, vocab_size: int):
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
 
 
-def build_model_folder(arch: str, out: Path, seed: int = 0) -> Path:
+def build_model_folder(
+    arch: str, out: Path, seed: int = 0, extra_special: tuple[str, ...] = ()
+) -> Path:
     """Save a tiny random model + tokenizer as an HF folder (float32)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(extra_special=extra_special)
     config = build_config(arch, len(tokenizer))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

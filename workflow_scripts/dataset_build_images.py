@@ -1,5 +1,5 @@
-"""build_images: photographs (builtin, files, folders) or a scored CSV manifest ->
-results/datasets/{dataset}/ (samples.jsonl + images.zarr + manifest)."""
+"""build_images: photographs (builtin, files, folders), a scored CSV manifest, or image-caption
+pairs -> results/datasets/{dataset}/ (samples.jsonl + images.zarr + manifest)."""
 
 from circuitflow import datasets, store
 from circuitflow.workflow import run_logged
@@ -18,6 +18,13 @@ def main(smk):
                 f"config key datasets.{p.dataset}.labels: manifest labels include {unknown[0]!r}; "
                 "use labels [high, mid, low]"
             )
+    elif p.kind == "captions":
+        entry = {
+            "images": dict(p.images),
+            "captions": dict(p.captions),
+            "test_fraction": p.test_fraction,
+        }
+        rows, ims = datasets.caption_dataset_from_config(entry, p.seed, name=p.dataset)
     else:
         settings = dict(p.images)
         spec = datasets.ImageSpec(
@@ -44,6 +51,7 @@ def main(smk):
             "baseline": p.baseline,
             "images": dict(p.images),
             "manifest": dict(p.manifest),
+            "captions": dict(p.captions),
             "test_fraction": p.test_fraction,
         },
         seeds={"split": p.seed, "jitter": p.seed},

@@ -30,6 +30,11 @@ ALIGNMENT = "results/alignment/{dataset}/{model_a}__{model_b}.csv"
 PATCHING_DIR = "results/patching/{dataset}/{model}"
 ATTRIBUTION_DIR = "results/attribution/{dataset}/{model}"
 STEERING_DIR = "results/steering/{dataset}/{model}"
+# the projector study: per trained VLM (its folder is MODEL_DIR, with TRAINING_CURVE inside)
+# the held-out evaluation, and the pairwise comparison of every VLM of one caption dataset
+PROJECTOR_DIR = "results/projectors/{dataset}/{model}"
+PROJECTOR_COMPARISON = "results/projectors/{dataset}/comparison"
+TRAINING_CURVE = "training.csv"
 EFFECT_SIZES = "results/stats/effect_sizes.csv"
 POWER_ANALYSIS = "results/stats/power_analysis.csv"
 K_SELECTION = "results/stats/k_selection.csv"

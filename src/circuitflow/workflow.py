@@ -40,10 +40,11 @@ def config_schema() -> dict:
 
 def schema_defaults(*section: str) -> dict:
     """``{key: default}`` of a config section, e.g. ``schema_defaults("patching")`` or
-    ``schema_defaults("vision", "patching")``: what a dataclass built from config falls back on."""
+    ``schema_defaults("vision", "patching")``: what a dataclass built from config falls back on.
+    ``"*"`` steps into the entries of a mapping section: ``("datasets", "*", "captions")``."""
     node = config_schema()
     for key in section:
-        node = node["properties"][key]
+        node = node["additionalProperties"] if key == "*" else node["properties"][key]
     return {k: v["default"] for k, v in node.get("properties", {}).items() if "default" in v}
 
 

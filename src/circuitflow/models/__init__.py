@@ -1,11 +1,18 @@
 """Model registry and backends: prepare, load, describe and hook any configured model.
 
 Backends register themselves (``registry.register_backend``): ``transformer_lens`` (causal
-LMs), ``torch`` (EfficientNet-Lite0), ``open_clip`` (CLIP ViTs) and ``hf`` (LLaVA-style VLMs,
-the fallback ``backend: auto`` picks for any other vision source).
+LMs), ``torch`` (EfficientNet-Lite0), ``open_clip`` (CLIP ViTs), ``assembled`` (encoder ->
+trained projector -> LM folders of the projectors phase) and ``hf`` (LLaVA-style VLMs, the
+fallback ``backend: auto`` picks for any other vision source).
 """
 
-from circuitflow.models import hf_vlm, open_clip, torch_cnn, transformer_lens  # noqa: F401
+from circuitflow.models import (  # noqa: F401  (each registers its backend)
+    assembled_vlm,
+    hf_vlm,
+    open_clip,
+    torch_cnn,
+    transformer_lens,
+)
 from circuitflow.models.registry import (
     AUTO,
     DTYPES,

@@ -40,6 +40,7 @@ from scipy import stats as sps
 from circuitflow import store
 from circuitflow.core.errors import ConfigError
 from circuitflow.core.hooks import StopForward, run_to_stop
+from circuitflow.core.tokens import pad_id, right_pad
 from circuitflow.patching.engine import (
     DIRECTIONS,
     HEAD_SITE,
@@ -150,7 +151,7 @@ class GradientRunner:
         return y
 
     def _readout(self, x):
-        h = x[0, -1].float()
+        h = x[torch.arange(x.shape[0], device=x.device), self.last].float()
         out = h @ self.W_U
         self.logits = out if self.b_U is None else out + self.b_U
         raise StopForward
@@ -170,39 +171,62 @@ class GradientRunner:
         out.append(("ln_final.hook_out", self._readout))
         return out
 
-    def forward(self, ids: np.ndarray) -> dict:
-        """One sentence ``ids [T]``: {"nodes": {(node, layer): tensor}, "leans": tensor
-        [n_conditions]} with the graph kept for :meth:`gradients`."""
+    def forward_batch(self, sentences: Sequence[np.ndarray]) -> dict:
+        """Right-padded sentences ``[ids [T_r]]`` in one pass: {"nodes": {(node, layer):
+        tensor [B, T, ...]}, "leans": tensor [B, n_conditions], "lengths": [T_r]}, with the
+        graph kept for :meth:`gradients_batch`. Rows never interact (causal attention, pads
+        after the last real token), so each row's gradient is its own."""
+        ids, lengths = right_pad(list(sentences), pad_id(self.bridge.tokenizer))
         self.captured, self.logits = {}, None
-        run_to_stop(
-            self.bridge, torch.as_tensor(ids[None], device=self.device), grad=True, return_type=None
-        )
+        self.last = torch.as_tensor(lengths, device=self.device) - 1
+        run_to_stop(self.bridge, ids.to(self.device), grad=True, return_type=None)
         if self.logits is None:
             raise PatchingError(f"model {self.model_name!r}: hook ln_final.hook_out never fired")
-        leans = lean_tensor(self.logits[None].double(), self.metric)[0]
-        return {"nodes": dict(self.captured), "leans": leans}
+        leans = lean_tensor(self.logits.double(), self.metric)
+        return {"nodes": dict(self.captured), "leans": leans, "lengths": lengths}
 
-    def gradients(self, run: dict, ci: int, drop: int | None = None) -> dict:
-        """{(node, layer): d lean_ci / d node [T, ...]} (float64, CPU); ``drop``: GradDrop."""
+    def forward(self, ids: np.ndarray) -> dict:
+        """One sentence ``ids [T]`` (:meth:`forward_batch` of one row)."""
+        return self.forward_batch([ids])
+
+    def gradients_batch(
+        self, run: dict, conditions: Sequence[int], drop: int | None = None
+    ) -> list[dict]:
+        """Per row r: {(node, layer): d lean_{conditions[r]} / d node [T_r, ...]} (float64,
+        CPU), from one backward pass of the sum over rows; ``drop``: GradDrop's layer."""
         keys = list(run["nodes"])
+        rows = torch.arange(len(conditions), device=self.device)
+        target = run["leans"][rows, torch.as_tensor(list(conditions), device=self.device)].sum()
         self.drop = drop
         try:
             grads = torch.autograd.grad(
-                run["leans"][ci], [run["nodes"][k] for k in keys], retain_graph=True,
-                allow_unused=True,
-            )  # fmt: skip
+                target, [run["nodes"][k] for k in keys], retain_graph=True, allow_unused=True
+            )
         finally:
             self.drop = None
-        out = {}
-        for k, g in zip(keys, grads, strict=True):
-            shape = run["nodes"][k].shape[1:]
-            out[k] = torch.zeros(shape, dtype=torch.float64) if g is None else g[0].double().cpu()
+        out = []
+        for r, n in enumerate(run["lengths"][: len(conditions)]):
+            row = {}
+            for k, g in zip(keys, grads, strict=True):
+                shape = (n, *run["nodes"][k].shape[2:])
+                row[k] = (
+                    torch.zeros(shape, dtype=torch.float64)
+                    if g is None
+                    else g[r, :n].double().cpu()
+                )
+            out.append(row)
         return out
 
+    def gradients(self, run: dict, ci: int, drop: int | None = None) -> dict:
+        """{(node, layer): d lean_ci / d node [T, ...]} of a one-row run."""
+        return self.gradients_batch(run, [ci], drop)[0]
 
-def detached(run: dict) -> dict:
-    """The nodes of a forward pass as float64 CPU tensors [T, ...] (no graph)."""
-    return {k: v[0].detach().double().cpu() for k, v in run["nodes"].items()}
+
+def detached(run: dict, row: int = 0) -> dict:
+    """The nodes of row ``row`` of a forward pass as float64 CPU tensors [T_r, ...] (no
+    graph)."""
+    n = run["lengths"][row]
+    return {k: v[row, :n].detach().double().cpu() for k, v in run["nodes"].items()}
 
 
 # ---------------------------------------------------------------- estimates of one pair
@@ -272,14 +296,22 @@ def attribute_pairs(
     for pair in pairs:
         by_frame.setdefault(pair.frame_id, []).append(pair)
     for frame_id, frame in by_frame.items():
-        runs = {}
+        # one batch per frame: each pair's clean and corrupted sentence, the corrupted one
+        # once per condition, so that one backward pass gives every pair's gradients
+        sentences, conditions = [], []
         for pair in frame:
-            for sid, t in ((pair.clean_id, pair.clean), (pair.corrupted_id, pair.corrupted)):
-                if sid not in runs:
-                    runs[sid] = runner.forward(t.ids)
-        acts = {sid: detached(r) for sid, r in runs.items()}
-        leans = {sid: r["leans"].detach().cpu().numpy() for sid, r in runs.items()}
-        for pair in frame:
+            sentences += [pair.clean.ids, pair.corrupted.ids]
+            conditions += [ci_of[pair.condition]] * 2
+        run = runner.forward_batch(sentences)
+        row_of = {}
+        for r, pair in enumerate(frame):
+            row_of.setdefault(pair.clean_id, 2 * r)
+            row_of.setdefault(pair.corrupted_id, 2 * r + 1)
+        acts = {sid: detached(run, r) for sid, r in row_of.items()}
+        leans = {sid: run["leans"][r].detach().cpu().numpy() for sid, r in row_of.items()}
+        drops = [None, *range(L)] if grad_drop else [None]
+        grads = {drop: runner.gradients_batch(run, conditions, drop) for drop in drops}
+        for r, pair in enumerate(frame):
             ci = ci_of[pair.condition]
             lc, lx = float(leans[pair.clean_id][ci]), float(leans[pair.corrupted_id][ci])
             base = {
@@ -291,11 +323,9 @@ def attribute_pairs(
                 "lean_clean": lc,
                 "lean_corrupted": lx,
             }
-            drops = [None, *range(L)] if grad_drop else [None]
             per_drop = {}
             for drop in drops:
-                g_corr = runner.gradients(runs[pair.corrupted_id], ci, drop)
-                g_clean = runner.gradients(runs[pair.clean_id], ci, drop)
+                g_clean, g_corr = grads[drop][2 * r], grads[drop][2 * r + 1]
                 est = {}
                 for direction, (src, dest, g) in {
                     DIRECTIONS[0]: (pair.clean_id, pair.corrupted_id, g_corr),

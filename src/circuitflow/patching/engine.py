@@ -50,6 +50,7 @@ ABLATIONS = (
     "random_subspace",
 )
 ABLATION_MODES = ("mean", "zero")
+HEAD_ABLATIONS = ("zero", "mean")  # of a head's hook_z at every position
 ABLATION_CONTROLS = ("isotropic", "shuffled_mean_diff")  # beside the matched one, always run
 DIRECTION_CONTRASTS = tuple(store.DIRECTION_VARIABLES)
 SPLITS = ("test", "train", "all")
@@ -72,6 +73,7 @@ class PatchConfig:
     residual_layers: LayerSpec
     head_layers: LayerSpec
     head_frames: int | None  # None: every chosen frame
+    head_ablations: tuple[str, ...]
     ablation_layers: LayerSpec
     ablation_samples: int
     direction_contrast: str
@@ -95,7 +97,7 @@ class PatchConfig:
     def from_params(cls, settings: Mapping, seed: int) -> PatchConfig:
         """``config['patching']`` as a rule passes it (lists from YAML) and the run seed."""
         s = dict(settings)
-        for key in ("position_sets", "ablation_controls"):
+        for key in ("position_sets", "ablation_controls", "head_ablations"):
             if key in s:
                 s[key] = tuple(s[key])
         return cls(seed=seed, **s)
@@ -124,6 +126,11 @@ class PatchConfig:
         if bad:
             raise ConfigError(
                 f"patching.ablation_controls: {bad[0]!r} not in {', '.join(ABLATION_CONTROLS)}"
+            )
+        bad = [k for k in self.head_ablations if k not in HEAD_ABLATIONS]
+        if bad:
+            raise ConfigError(
+                f"patching.head_ablations: {bad[0]!r} not in {', '.join(HEAD_ABLATIONS)}"
             )
         for key in ("direction_position", "probe_position"):
             if getattr(self, key) not in store.POSITIONS:

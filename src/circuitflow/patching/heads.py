@@ -70,12 +70,12 @@ def patch_heads(
     min_denominator: float = 0.5,
     progress=None,
     heads: Sequence[tuple[int, int]] | None = None,
-    ablate: bool = True,
+    ablate: Sequence[str] = ("zero", "mean"),
 ) -> pd.DataFrame:
     """Per pair x layer x head: lean after patching the head's ``hook_z`` clean -> corrupted at
-    the suffix positions, and (``ablate``) after zero / mean ablation of the head at every
-    position of the clean sentence. ``heads``: the (layer, head) pairs to run (the
-    attribution screen), else every head of ``layers``."""
+    the suffix positions, and after the ``ablate`` ablations (zero / mean) of the head at every
+    position of the clean sentence (the others stay NaN). ``heads``: the (layer, head) pairs to
+    run (the attribution screen), else every head of ``layers``."""
     cond_index = {c: i for i, c in enumerate(metric.conditions)}
     if heads is None:
         heads = [(layer, h) for layer in layers for h in range(patcher.n_heads)]
@@ -115,7 +115,7 @@ def patch_heads(
         # ablation: run the clean sentence with the head zeroed / set to its neutral mean
         clean = pair.clean
         T = len(clean.ids)
-        jobs = [(kind, lh) for kind in ("zero", "mean") for lh in heads] if ablate else []
+        jobs = [(kind, lh) for kind in ablate for lh in heads]
         for chunk in chunks(jobs, batch_size):
             plan = {}
             for layer in layers:
@@ -194,8 +194,10 @@ def rank_heads(heads: pd.DataFrame) -> pd.DataFrame:
         t["mean_abs_recovery"] = g["recovery"].apply(lambda s: s.abs().mean()).to_numpy()
         t.insert(0, "condition", condition)
         t["rank"] = t["mean_recovery"].rank(ascending=False, method="first").astype(int)
-        t["rank_zero"] = t["mean_zero_effect"].rank(ascending=False, method="first").astype(int)
-        t["rank_mean"] = t["mean_mean_effect"].rank(ascending=False, method="first").astype(int)
+        for kind in ("zero", "mean"):  # Int64: NaN where that ablation did not run
+            t[f"rank_{kind}"] = (
+                t[f"mean_{kind}_effect"].rank(ascending=False, method="first").astype("Int64")
+            )
         frames.append(t.sort_values("rank"))
     n_small = int(heads["small_denominator"].astype(bool).sum()) if len(heads) else 0
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

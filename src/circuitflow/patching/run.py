@@ -206,6 +206,7 @@ def run_text_patching(
             cfg.min_denominator,
             bar,
             heads=heads_chosen,
+            ablate=cfg.head_ablations,
         )
         bar.close()
         ranking = rank_heads(heads) if len(heads) else pd.DataFrame()
@@ -219,7 +220,7 @@ def run_text_patching(
             )
             validation["heads"] = patch_heads(
                 patcher, val_pairs, *args, mean_z, cfg.batch_size, cfg.min_denominator,
-                ablate=False,
+                ablate=(),
             )  # fmt: skip
             if atp is not None:
                 ids = {p.clean_id for p in val_pairs}

@@ -289,6 +289,11 @@ def head_heatmap(
                     ha="center", va="center", fontsize=8)  # fmt: skip
             ax.axis("off")
             continue
+        if r[column].isna().all():
+            ax.text(0.5, 0.5, f"{title}: not run\n(patching.head_ablations)",
+                    ha="center", va="center", fontsize=8)  # fmt: skip
+            ax.axis("off")
+            continue
         values = r.pivot(index="layer", columns="head", values=column)
         s = sig[sig.metric == metric]
         marks = s.assign(mark=np.where(s.p_fdr_bh < alpha, "*", "")).pivot_table(

@@ -17,7 +17,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special
 from scipy import stats as sps
-from sklearn.metrics import roc_auc_score
 
 
 def cohens_d(treatment: ArrayLike, baseline: ArrayLike, axis: int = -1) -> np.ndarray:
@@ -96,6 +95,14 @@ def _check(*arms: np.ndarray, minimum: int = 2) -> None:
         raise ValueError("NaN or inf in the compared values")
 
 
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(positive > negative) + P(tie) / 2: the Mann-Whitney U over n_pos * n_neg, equal to
+    sklearn's roc_auc_score (average ranks for ties) at a fraction of its per-call cost."""
+    ranks = sps.rankdata(np.r_[positive, negative])
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def compare_independent(
     treatment: Sequence[float],
     baseline: Sequence[float],
@@ -112,7 +119,6 @@ def compare_independent(
         raise ValueError("no variation within either arm (up to float rounding): g is undefined")
     welch = sps.ttest_ind(t, b, equal_var=False)
     low, high = _bca((t, b), hedges_g, seed, n_resamples, confidence_level)
-    y = np.r_[np.ones(len(t)), np.zeros(len(b))]
     return {
         "design": "independent",
         "test": "welch_t",
@@ -130,7 +136,7 @@ def compare_independent(
         "statistic": float(welch.statistic),
         "df": float(welch.df),
         "p": float(welch.pvalue),
-        "auroc": float(roc_auc_score(y, np.r_[t, b])),
+        "auroc": auroc(t, b),
     }
 
 

@@ -11,6 +11,8 @@ in its family.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -105,8 +107,34 @@ def validate_measurements(m: pd.DataFrame, source: str = "measurements") -> pd.D
     return m[[*MEASUREMENT_COLUMNS, *MEASUREMENT_OPTIONAL]]
 
 
-def _per_unit(part: pd.DataFrame) -> pd.Series:
-    return part.groupby("unit", sort=True)["value"].mean()
+def _groups(m: pd.DataFrame) -> Iterator[tuple[tuple, pd.Series, dict[str, pd.Series]]]:
+    """Per group (sorted by key): its key, its first row and the per-unit mean of each arm
+    (index = unit, sorted). One groupby over the whole table, not one per group."""
+    keys = _group_keys(m)
+    gid = m.groupby(keys, sort=True, dropna=False).ngroup().to_numpy()
+    means = (
+        pd.DataFrame({"g": gid, "arm": m["arm"].to_numpy(), "unit": m["unit"].to_numpy()})
+        .assign(value=m["value"].to_numpy())
+        .groupby(["g", "arm", "unit"], sort=True)["value"]
+        .mean()
+    )
+    firsts = m.iloc[np.unique(gid, return_index=True)[1]]
+    g_of, arm_of = (means.index.get_level_values(i).to_numpy() for i in (0, 1))
+    units, values = means.index.get_level_values(2), means.to_numpy()
+    bounds = np.flatnonzero(np.r_[True, (g_of[1:] != g_of[:-1]) | (arm_of[1:] != arm_of[:-1])])
+    bounds = np.r_[bounds, len(means)]
+    arms: dict[int, dict[str, pd.Series]] = {}
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        arms.setdefault(int(g_of[lo]), {})[arm_of[lo]] = pd.Series(
+            values[lo:hi], index=units[lo:hi], name="value"
+        )
+    key_rows = pd.DataFrame({c: k for c, k in zip(_GROUP, keys, strict=True)}).iloc[
+        np.unique(gid, return_index=True)[1]
+    ]
+    for g, (_, first), key in zip(
+        range(len(firsts)), firsts.iterrows(), key_rows.itertuples(index=False), strict=True
+    ):
+        yield tuple(key), first, arms.get(g, {})
 
 
 def compare_arms(
@@ -159,12 +187,10 @@ def effect_rows(
     for col in MEASUREMENT_OPTIONAL:
         if col not in m:
             m = m.assign(**{col: np.nan if col == "n_family_part" else ""})
-    for key, part in m.groupby(_group_keys(m), sort=True, dropna=False):
+    for key, first, arms in _groups(m):
         meta = dict(zip(_GROUP, key, strict=True))
-        first = part.iloc[0]
         design, unit_kind = str(first["design"]), str(first["unit_kind"])
         note = join_notes(first["note"])
-        arms = {arm: _per_unit(g) for arm, g in part.groupby("arm")}
         if "treatment" not in arms:
             continue
         for arm, comparison in COMPARISONS.items():

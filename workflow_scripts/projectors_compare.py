@@ -1,0 +1,108 @@
+"""compare_projectors: every trained VLM's evaluation -> results/projectors/{dataset}/comparison/
+(measurements.csv: each pair of architectures paired over test photos, seeds averaged;
+ranking.csv: per architecture, ranked by held-out caption NLL) + manifest."""
+
+import itertools
+from pathlib import Path
+
+import pandas as pd
+
+from circuitflow import store
+from circuitflow.workflow import run_logged
+
+# metric -> (columns averaged per image, lower is better)
+METRICS = {
+    "caption_nll": ("caption_nll", True),
+    "retrieval_accuracy": ("retrieval_", False),
+    "attribute_word_accuracy": ("words_", False),
+}
+
+
+def per_image(table: pd.DataFrame, prefix: str) -> pd.Series:
+    cols = [c for c in table.columns if c == prefix or c.startswith(prefix)]
+    cols = [c for c in cols if not c.startswith("mismatched_")]
+    return table[cols].mean(axis=1) if cols else None
+
+
+def main(smk):
+    p = smk.params
+    vlms = dict(p.vlms)
+    tables = {}
+    for path in smk.input.evaluations:
+        model = Path(path).name
+        t = pd.read_csv(Path(path) / "evaluation.csv")
+        tables[model] = t.assign(architecture=vlms[model][0], seed=vlms[model][1])
+    values = {}  # (architecture, metric) -> per-photo mean over images and seeds
+    by_model = []
+    for model, t in tables.items():
+        row = {"model": model, "architecture": vlms[model][0], "seed": vlms[model][1]}
+        for metric, (prefix, _) in METRICS.items():
+            v = per_image(t, prefix)
+            if v is not None:
+                row[metric] = float(t.assign(v=v).groupby("source")["v"].mean().mean())
+        by_model.append(row)
+    all_rows = pd.concat(tables.values(), ignore_index=True)
+    for metric, (prefix, _) in METRICS.items():
+        v = per_image(all_rows, prefix)
+        if v is None:
+            continue
+        photo = all_rows.assign(v=v).groupby(["architecture", "source"])["v"].mean()
+        for arch in photo.index.get_level_values(0).unique():
+            values[arch, metric] = photo.loc[arch]
+    archs = sorted({a for a, _ in values})
+    frames = []
+    for a, b in itertools.combinations(archs, 2):
+        for metric in METRICS:
+            if (a, metric) not in values:
+                continue
+            for arm, arch in (("treatment", a), ("baseline", b)):
+                s = values[arch, metric]
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "phase": "projectors",
+                            "dataset": p.dataset,
+                            "model": "projector_study",
+                            "layer": "",
+                            "site": "projector.hook_out",
+                            "position": "image_tokens",
+                            "condition": "all",
+                            "setting": f"a={a} b={b}",
+                            "metric": metric,
+                            "arm": arm,
+                            "unit": s.index,
+                            "value": s.to_numpy(),
+                            "unit_kind": "photo",
+                        }
+                    )
+                )
+    out = Path(smk.output[0])
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [*store.MEASUREMENT_COLUMNS, "unit_kind"]
+    m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    m.to_csv(out / store.MEASUREMENTS_FILE, index=False, float_format="%.6g")
+    models = pd.DataFrame(by_model).sort_values(["caption_nll", "model"])
+    models.to_csv(out / "models.csv", index=False, float_format="%.6g")
+    ranking = (
+        models.groupby("architecture", sort=True)
+        .mean(numeric_only=True)
+        .drop(columns="seed")
+        .reset_index()
+        .sort_values(["caption_nll", "architecture"])
+    )
+    ranking.insert(0, "rank", range(1, len(ranking) + 1))
+    ranking.to_csv(out / "ranking.csv", index=False, float_format="%.6g")
+    best = models.iloc[0]["model"]
+    (out / "best.txt").write_text(best + "\n")
+    print(ranking.to_string(index=False))
+    print(f"best VLM (lowest held-out caption NLL): {best}")
+    store.write_manifest(
+        out,
+        kind="projector_comparison",
+        inputs={"evaluations": list(smk.input.evaluations)},
+        params={"dataset": p.dataset, "vlms": {k: list(v) for k, v in vlms.items()}},
+        extra={"best": best, "n_architectures": len(archs)},
+    )
+
+
+run_logged(snakemake, main)  # noqa: F821

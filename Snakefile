@@ -55,3 +55,4 @@ rule all:
         rules.plot_alignment.output,
         rules.plot_sae.output,
         rules.plot_vision.output,
+        rules.plot_projectors.output if PROJECTOR_VLMS else [],

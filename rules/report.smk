@@ -173,3 +173,26 @@ rule plot_vision:
         "../envs/circuitflow.yaml"
     script:
         "../workflow_scripts/report_vision.py"
+
+
+rule plot_projectors:
+    """Held-out caption NLL and retrieval by projector (CIs over photos, mismatched-image
+    null), and the training curves."""
+    input:
+        evaluations=projector_eval_targets(),
+    output:
+        report(
+            directory("results/plots/projectors"),
+            patterns=["{name}.png"],
+            caption="captions/projectors.rst",
+            category="Projectors",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        "logs/plots/projectors.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    params:
+        vlms=PROJECTOR_VLMS,
+    script:
+        "../workflow_scripts/report_projectors.py"

@@ -46,22 +46,20 @@ def evaluate(vlm, images, rows, spec, cfg, other):
             "mismatched_sample_id": [rows[j]["sample_id"] for j in other],
         }
     )
-    for arm, tok in (("", tokens), ("mismatched_", tokens[other])):
-        total, count = projectors.score_captions(vlm, tok, captions, batch, max_tokens)
-        table[f"{arm}caption_nll"] = -total / count
     distractors = [datasets.distractor_captions(r, spec) for r in rows]
-    for attribute in spec.attributes:
-        texts = [[c, *d[attribute]] for c, d in zip(captions, distractors, strict=True)]
-        k = len(texts[0])
-        flat = [t for group in texts for t in group]
-        for arm, tok in (("", tokens), ("mismatched_", tokens[other])):
+    for arm, tok in (("", tokens), ("mismatched_", tokens[other])):
+        true, count = projectors.score_captions(vlm, tok, captions, batch, max_tokens)
+        table[f"{arm}caption_nll"] = -true / count
+        for attribute in spec.attributes:
+            alt = [d[attribute] for d in distractors]
+            k = len(alt[0])
+            flat = [c for group in alt for c in group]
             reps = tok.repeat_interleave(k, dim=0)
             total, _ = projectors.score_captions(vlm, reps, flat, batch, max_tokens)
-            total = total.reshape(len(rows), k)
-            correct, rank = projectors.rank_truth(total[:, 0], total[:, 1:])
+            correct, rank = projectors.rank_truth(true, total.reshape(len(rows), k))
             table[f"{arm}retrieval_{attribute}"] = correct
             table[f"{arm}rank_{attribute}"] = rank
-        table[f"chance_{attribute}"] = 1.0 / k
+            table[f"chance_{attribute}"] = 1.0 / (k + 1)
     if cfg["describe_tokens"]:
         text = projectors.greedy_descriptions(vlm, images, "", cfg["describe_tokens"], batch)
         table["description"] = text
@@ -112,6 +110,11 @@ def main(smk):
     p = smk.params
     cfg = p.projectors
     rows = [r for r in store.read_samples(smk.input.dataset) if r["split"] == "test"]
+    if cfg["eval_views"]:  # the first views of each test photo
+        by_photo = {}
+        for r in rows:
+            by_photo.setdefault(r["source"], []).append(r)
+        rows = [r for views in by_photo.values() for r in views[: cfg["eval_views"]]]
     if not rows:
         raise ValueError(f"{smk.input.dataset}: no test-split captions to evaluate on")
     entry = p.entry

@@ -27,6 +27,7 @@ WORKFLOW_KEYS = (
     "lm",
     "circuit_model",
     "eval_batch_size",
+    "eval_views",
     "describe_tokens",
     "architectures",
     "encoder_hook",

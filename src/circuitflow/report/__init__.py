@@ -2,6 +2,7 @@
 text-track and shared figures in :mod:`.text`, vision-track figures in :mod:`.vision`."""
 
 from circuitflow.report.common import ALPHA, PALETTE, save
+from circuitflow.report.projectors import photo_scores, projector_scores, training_curves
 from circuitflow.report.text import (
     HEAD_PANELS,
     IMAGE_METRICS,
@@ -44,7 +45,10 @@ __all__ = [
     "overlap_vs_k",
     "parse_setting",
     "patching_position_heatmap",
+    "photo_scores",
+    "projector_scores",
     "probe_scores_by_layer",
+    "training_curves",
     "sae_metric_bars",
     "sae_metric_frame",
     "save",

@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
         )
         heads = patching.patch_heads(
             patcher, pairs, acts, leans, metric, range(L), {}, cfg.batch_size,
-            cfg.min_denominator, ablate=False,
+            cfg.min_denominator, ablate=(),
         )  # fmt: skip
     exact_s = time.perf_counter() - t
     agree = patching.agreement(atp, residual, heads, args.top_k_heads)

@@ -66,7 +66,8 @@ rule evaluate_projector:
 
 rule compare_projectors:
     """Pairwise comparison of the trained VLMs (paired over test photos, seeds averaged) and
-    their ranking by held-out caption NLL."""
+    their ranking by the image gain in held-out caption NLL (mismatched image - own image).
+    """
     input:
         evaluations=projector_eval_targets(),
     output:
@@ -85,8 +86,8 @@ rule compare_projectors:
 
 
 rule select_projector:
-    """The VLM with the lowest held-out caption NLL, copied to projectors.circuit_model, the
-    model the image datasets' phases run inside."""
+    """The VLM with the largest image gain in held-out caption NLL, copied to
+    projectors.circuit_model, the model the image datasets' phases run inside."""
     input:
         comparison=store.PROJECTOR_COMPARISON.format(
             dataset=PROJECTORS["dataset"] or "none"

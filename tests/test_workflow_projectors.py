@@ -119,11 +119,12 @@ def test_evaluation_rows_per_test_image_with_mismatched_null(run):
         assert set(m.arm) == {"treatment", "baseline"} and set(m.unit_kind) == {"photo"}
 
 
-def test_comparison_ranks_all_architectures_and_selects_the_lowest_nll(run):
+def test_comparison_ranks_all_architectures_and_selects_the_largest_image_gain(run):
     out = run / store.PROJECTOR_COMPARISON.format(dataset="tinycap")
     ranking = pd.read_csv(out / "ranking.csv")
     assert set(ranking.architecture) == set(projectors.ARCHITECTURES)
-    assert ranking.caption_nll.is_monotonic_increasing and list(ranking["rank"]) == [1, 2, 3, 4]
+    assert ranking.caption_nll_image_gain.is_monotonic_decreasing
+    assert list(ranking["rank"]) == [1, 2, 3, 4]
     n_pairs = len(projectors.ARCHITECTURES) * (len(projectors.ARCHITECTURES) - 1) // 2
     m = pd.read_csv(out / store.MEASUREMENTS_FILE)
     assert m.groupby("metric").setting.nunique().eq(n_pairs).all()

@@ -1,6 +1,8 @@
 """compare_projectors: every trained VLM's evaluation -> results/projectors/{dataset}/comparison/
 (measurements.csv: each pair of architectures paired over test photos, seeds averaged;
-ranking.csv: per architecture, ranked by held-out caption NLL) + manifest."""
+ranking.csv: per architecture, ranked by the image gain, the held-out caption NLL with a
+mismatched image minus with its own, which a text prior alone cannot raise; then by NLL)
++ manifest."""
 
 import itertools
 from pathlib import Path
@@ -12,6 +14,7 @@ from circuitflow.workflow import run_logged
 
 # metric -> (columns averaged per image, lower is better)
 METRICS = {
+    "caption_nll_image_gain": ("caption_nll_image_gain", False),
     "caption_nll": ("caption_nll", True),
     "retrieval_accuracy": ("retrieval_", False),
     "attribute_word_accuracy": ("words_", False),
@@ -19,8 +22,10 @@ METRICS = {
 
 
 def per_image(table: pd.DataFrame, prefix: str) -> pd.Series:
-    cols = [c for c in table.columns if c == prefix or c.startswith(prefix)]
-    cols = [c for c in cols if not c.startswith("mismatched_")]
+    """The column ``prefix``, else the mean of the columns starting with it (per attribute)."""
+    if prefix in table:
+        return table[prefix]
+    cols = [c for c in table.columns if c.startswith(prefix)]
     return table[cols].mean(axis=1) if cols else None
 
 
@@ -31,6 +36,7 @@ def main(smk):
     for path in smk.input.evaluations:
         model = Path(path).name
         t = pd.read_csv(Path(path) / "evaluation.csv")
+        t["caption_nll_image_gain"] = t["mismatched_caption_nll"] - t["caption_nll"]
         tables[model] = t.assign(architecture=vlms[model][0], seed=vlms[model][1])
     values = {}  # (architecture, metric) -> per-photo mean over images and seeds
     by_model = []
@@ -81,21 +87,24 @@ def main(smk):
     columns = [*store.MEASUREMENT_COLUMNS, "unit_kind"]
     m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     m.to_csv(out / store.MEASUREMENTS_FILE, index=False, float_format="%.6g")
-    models = pd.DataFrame(by_model).sort_values(["caption_nll", "model"])
+    models = pd.DataFrame(by_model)
+    models = models.assign(_gain=-models["caption_nll_image_gain"])
+    models = models.sort_values(["_gain", "caption_nll", "model"]).drop(columns="_gain")
     models.to_csv(out / "models.csv", index=False, float_format="%.6g")
     ranking = (
         models.groupby("architecture", sort=True)
         .mean(numeric_only=True)
         .drop(columns="seed")
         .reset_index()
-        .sort_values(["caption_nll", "architecture"])
     )
+    ranking = ranking.assign(_gain=-ranking["caption_nll_image_gain"])
+    ranking = ranking.sort_values(["_gain", "caption_nll", "architecture"]).drop(columns="_gain")
     ranking.insert(0, "rank", range(1, len(ranking) + 1))
     ranking.to_csv(out / "ranking.csv", index=False, float_format="%.6g")
     best = models.iloc[0]["model"]
     (out / "best.txt").write_text(best + "\n")
     print(ranking.to_string(index=False))
-    print(f"best VLM (lowest held-out caption NLL): {best}")
+    print(f"best VLM (largest image gain in held-out caption NLL): {best}")
     store.write_manifest(
         out,
         kind="projector_comparison",

@@ -1,4 +1,4 @@
-"""select_projector: the comparison's best VLM (lowest held-out caption NLL) ->
+"""select_projector: the comparison's best VLM (largest image gain in held-out caption NLL) ->
 resources/models/{model}/, a copy of its folder + selection.json + manifest."""
 
 import json
@@ -22,9 +22,9 @@ def main(smk):
         )
     out = Path(smk.output[0])
     shutil.copytree(source, out, ignore=shutil.ignore_patterns(store.MANIFEST, ".snakemake*"))
-    (out / "selection.json").write_text(
-        json.dumps({"selected": best, "by": "lowest held-out caption NLL"}, indent=2) + "\n"
-    )
+    by = "largest image gain (mismatched - own held-out caption NLL)"
+    selection = json.dumps({"selected": best, "by": by}, indent=2)
+    (out / "selection.json").write_text(selection + "\n")
     print(f"{smk.params.model}: {best}")
     store.write_manifest(
         out,

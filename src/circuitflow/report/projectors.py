@@ -55,7 +55,7 @@ def projector_scores(evaluations: pd.DataFrame, chance: float) -> Figure:
         if metric == "retrieval_accuracy":
             ax.axhline(chance, ls="--", c="k", lw=0.8)
     n = evaluations["source"].nunique()
-    fig.suptitle(f"held-out photos (n = {n}; CI over photos; ranked by NLL)", y=1.02)
+    fig.suptitle(f"held-out photos (n = {n}; CI over photos; ordered by NLL)", y=1.02)
     fig.tight_layout()
     return fig
 

@@ -675,7 +675,10 @@ def test_effect_rows_independent_when_units_differ_and_skips_small_groups():
     t, b = [1.0, 2.0, 3.0, 2.5], [0.0, 0.5, 1.0, 0.2, 0.1]
     assert out[0]["estimate"] == pytest.approx(stats.hedges_g(t, b))
     assert out[0]["p"] == pytest.approx(sps.ttest_ind(t, b, equal_var=False).pvalue)
-    assert out[0]["test"] == "welch_t" and out[0]["note"] == ""
+    assert out[0]["test"] == "welch_t"
+    assert out[0]["note"] == "4 units < headline_n 10: not a headline"
+    big, _ = stats.effect_rows(m, seed=0, n_resamples=200, min_n=3, headline_n=4)
+    assert big[0]["note"] == ""  # 4 units meet a headline_n of 4
     assert len(skipped) == 1 and "vs_random_control: 2 units < min_n 3" in skipped[0]
     small = out[1]
     assert small["comparison"] == "vs_random_control" and small["test"] == "none"
@@ -810,7 +813,8 @@ def test_skipped_comparisons_stay_as_rows_with_p_one_and_count():
     np.testing.assert_allclose(
         table.loc[["a", "c"], "p_fdr_bh"], multipletests([*p, 1.0], method="fdr_bh")[1][:2]
     )
-    assert table.loc["a", "note"] == "" and table.loc["a", "test"] == "ttest_rel"
+    assert table.loc["a", "note"] == "4 units < headline_n 10: not a headline"
+    assert table.loc["a", "test"] == "ttest_rel"
     # a summary whose test cannot run stays too, with what is known of its arms
     bad = _permutation_summary("vs_baseline", 0, "a", note="flagged")
     bad.update(design="single_case", reference_sd=0.0, n_reference=50)

@@ -52,7 +52,7 @@ def main(smk):
     rows, skipped = [], []
     m = measurements(smk)
     if m is not None:
-        new, skipped = stats.effect_rows(m, min_n=s["min_n"], **boot)
+        new, skipped = stats.effect_rows(m, min_n=s["min_n"], headline_n=s["headline_n"], **boot)
         rows += new
         print(
             f"measurements: {len(m)} values -> {len(new)} rows, of which {len(skipped)} "

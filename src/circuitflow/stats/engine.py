@@ -171,6 +171,7 @@ def effect_rows(
     n_resamples: int = 2000,
     confidence_level: float = 0.95,
     min_n: int = 3,
+    headline_n: int = 10,
 ) -> tuple[list[dict], list[str]]:
     """Effect rows of every group (all columns but arm, unit, value and the optional ones):
     treatment vs baseline and vs control, where those arms exist.
@@ -178,7 +179,8 @@ def effect_rows(
     A comparison that cannot be tested (fewer than ``min_n`` units, no variation) is a row too:
     p = 1, no estimate, the reason in ``note`` (it counts in n_family). ``unit_kind`` is named
     in ``test`` ("ttest_rel by frame"); the group's ``note`` is copied (joined with a skip
-    reason); ``n_family_part`` of distinct ``family_part`` sum to the family's n_family.
+    reason); ``n_family_part`` of distinct ``family_part`` sum to the family's n_family. A
+    tested comparison with fewer than ``headline_n`` units says so in ``note`` (not a headline).
     Returns (rows, skipped: one line per comparison left untested, for the log)."""
     rows, skipped, parts = [], [], {}
     m = measurements
@@ -229,6 +231,10 @@ def effect_rows(
                 continue
             if unit_kind:
                 result["test"] = f"{result['test']} by {unit_kind}"
+            if n < headline_n:
+                base["note"] = join_notes(
+                    note, f"{n} units < headline_n {headline_n}: not a headline"
+                )
             rows.append({**base, **result})
     _declare_family_sizes(rows, parts)
     return rows, skipped

@@ -12,12 +12,12 @@ import pandas as pd
 from circuitflow import store
 from circuitflow.workflow import run_logged
 
-# metric -> (columns averaged per image, lower is better)
+# metric -> its evaluation.csv column, or the prefix of its per-attribute columns (averaged)
 METRICS = {
-    "caption_nll_image_gain": ("caption_nll_image_gain", False),
-    "caption_nll": ("caption_nll", True),
-    "retrieval_accuracy": ("retrieval_", False),
-    "attribute_word_accuracy": ("words_", False),
+    "caption_nll_image_gain": "caption_nll_image_gain",
+    "caption_nll": "caption_nll",
+    "retrieval_accuracy": "retrieval_",
+    "attribute_word_accuracy": "words_",
 }
 
 
@@ -42,13 +42,13 @@ def main(smk):
     by_model = []
     for model, t in tables.items():
         row = {"model": model, "architecture": vlms[model][0], "seed": vlms[model][1]}
-        for metric, (prefix, _) in METRICS.items():
+        for metric, prefix in METRICS.items():
             v = per_image(t, prefix)
             if v is not None:
                 row[metric] = float(t.assign(v=v).groupby("source")["v"].mean().mean())
         by_model.append(row)
     all_rows = pd.concat(tables.values(), ignore_index=True)
-    for metric, (prefix, _) in METRICS.items():
+    for metric, prefix in METRICS.items():
         v = per_image(all_rows, prefix)
         if v is None:
             continue

@@ -118,7 +118,8 @@ def _groups(m: pd.DataFrame) -> Iterator[tuple[tuple, pd.Series, dict[str, pd.Se
         .groupby(["g", "arm", "unit"], sort=True)["value"]
         .mean()
     )
-    firsts = m.iloc[np.unique(gid, return_index=True)[1]]
+    first_rows = np.unique(gid, return_index=True)[1]  # group g's first row, g = 0, 1, ...
+    firsts = m.iloc[first_rows]
     g_of, arm_of = (means.index.get_level_values(i).to_numpy() for i in (0, 1))
     units, values = means.index.get_level_values(2), means.to_numpy()
     bounds = np.flatnonzero(np.r_[True, (g_of[1:] != g_of[:-1]) | (arm_of[1:] != arm_of[:-1])])
@@ -128,12 +129,9 @@ def _groups(m: pd.DataFrame) -> Iterator[tuple[tuple, pd.Series, dict[str, pd.Se
         arms.setdefault(int(g_of[lo]), {})[arm_of[lo]] = pd.Series(
             values[lo:hi], index=units[lo:hi], name="value"
         )
-    key_rows = pd.DataFrame({c: k for c, k in zip(_GROUP, keys, strict=True)}).iloc[
-        np.unique(gid, return_index=True)[1]
-    ]
-    for g, (_, first), key in zip(
-        range(len(firsts)), firsts.iterrows(), key_rows.itertuples(index=False), strict=True
-    ):
+    key_rows = pd.DataFrame(dict(zip(_GROUP, keys, strict=True))).iloc[first_rows]
+    rows = zip(firsts.iterrows(), key_rows.itertuples(index=False), strict=True)
+    for g, ((_, first), key) in enumerate(rows):
         yield tuple(key), first, arms.get(g, {})
 
 

@@ -78,7 +78,7 @@ def test_write_manifest_single_file_sidecar(tmp_path, input_file):
 
 
 def test_manifest_path_conventions(tmp_path):
-    assert store.manifest_path(tmp_path / "x.zarr") == tmp_path / "x.zarr" / "manifest.json"
+    assert store.manifest_path(tmp_path / "x.zarr") == tmp_path / "x.zarr" / "zarr.json"
     assert store.manifest_path(tmp_path / "models" / "m") == tmp_path / "models/m/manifest.json"
     assert store.manifest_path(tmp_path / "t.csv") == tmp_path / "t.csv.manifest.json"
 
@@ -187,10 +187,14 @@ def test_cli_verify(artifact_dir, capsys):
 
 
 def test_cli_verify_without_manifest(tmp_path, capsys):
-    assert cli.main(["verify", str(tmp_path)]) == 2
+    table = tmp_path / "t.csv"
+    table.write_text("x\n")
+    assert cli.main(["verify", str(table)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith(f"{tmp_path}: {tmp_path / 'manifest.json'}: no manifest")
+    assert captured.err == (
+        f"{table}: {table}.manifest.json: no manifest; rebuild {table} with snakemake\n"
+    )
 
 
 # ---------------------------------------------------------------- hook names
@@ -329,3 +333,150 @@ def test_write_manifest_single_file_without_suffix(tmp_path):
     readme.write_text("hi\n")
     store.write_manifest(readme, "dataset")
     assert (tmp_path / "README.manifest.json").exists()
+
+
+# ---------------------------------------------------------------- Zarr stores: manifest in attrs
+@pytest.fixture
+def zarr_store(tmp_path) -> Path:
+    """A two-array Zarr v3 store (4 sample chunks of one array) with its manifest."""
+    import zarr
+
+    path = tmp_path / "acts.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root.attrs["model"] = "tiny"
+    root.create_array("sample", data=np.array(["s0", "s1", "s2", "s3"]), dimension_names=["sample"])
+    root.create_array(
+        "blocks.0.hook_resid_post",
+        data=np.arange(24, dtype=np.float32).reshape(4, 6),
+        chunks=(1, 6),
+        dimension_names=["sample", "d_model"],
+    )
+    store.write_manifest(path, "activations", params={"batch": 2})
+    return path
+
+
+def _chunks(path: Path) -> list[Path]:
+    folder = path / "blocks.0.hook_resid_post"
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def test_zarr_manifest_lives_in_root_attributes(zarr_store):
+    import warnings
+
+    import xarray as xr
+
+    assert not (zarr_store / "manifest.json").exists()
+    meta = json.loads((zarr_store / "zarr.json").read_text())
+    manifest = meta["attributes"]["circuitflow_manifest"]
+    assert manifest == store.read_manifest(zarr_store)
+    jsonschema.validate(manifest, MANIFEST_SCHEMA)
+    assert manifest["params"] == {"batch": 2}
+    # 1 root + 2 array metadata + 1 sample chunk + 4 data chunks
+    assert len(manifest["files"]) == 8 and "zarr.json" in manifest["files"]
+    assert store.verify(zarr_store) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ZarrUserWarning about stray files
+        ds = xr.open_zarr(zarr_store, consolidated=False)
+    assert ds["blocks.0.hook_resid_post"].shape == (4, 6)
+    assert store.open_dataset(zarr_store).attrs == {"model": "tiny"}
+
+
+def test_zarr_manifest_survives_update_and_remove(zarr_store):
+    before = store.read_manifest(zarr_store)
+    after = store.update_manifest(zarr_store, device={"used": "cpu"})
+    assert after == {**before, "device": {"used": "cpu"}}
+    assert store.read_manifest(zarr_store)["device"] == {"used": "cpu"}
+    assert store.verify(zarr_store) == []  # the manifest attribute is not content
+    store.remove_manifest(zarr_store)
+    assert not store.has_manifest(zarr_store)
+    with pytest.raises(FileNotFoundError, match="attribute circuitflow_manifest\\): no manifest"):
+        store.read_manifest(zarr_store)
+
+
+def test_zarr_verify_names_deleted_corrupted_and_edited(zarr_store):
+    import zarr
+
+    chunks = _chunks(zarr_store)
+    chunks[1].unlink()
+    chunks[2].write_bytes(b"\x00" + chunks[2].read_bytes()[1:])
+    zarr.open_group(zarr_store, mode="r+").attrs["model"] = "other"
+    assert store.verify(zarr_store) == [
+        f"missing: {chunks[1]}",
+        f"changed: {chunks[2]}",
+        f"changed: {zarr_store / 'zarr.json'}",
+    ]
+
+
+def test_verify_inputs_refuses_a_deleted_chunk_with_one_line(zarr_store, input_file):
+    store.verify_inputs([zarr_store, input_file])  # intact store, plain file: accepted
+    chunk = _chunks(zarr_store)[0]
+    chunk.unlink()
+    with pytest.raises(store.ArtifactError) as err:
+        store.verify_inputs([input_file, zarr_store])
+    assert str(err.value) == (
+        f"input {zarr_store} does not match its manifest: missing: {chunk}; "
+        f"delete {zarr_store} and rerun snakemake to rebuild it"
+    )
+
+
+def test_verify_inputs_names_the_cache_entry_behind_a_link(zarr_store, tmp_path):
+    link = tmp_path / "results" / "acts.zarr"
+    link.parent.mkdir()
+    link.symlink_to(zarr_store)
+    chunks = _chunks(zarr_store)
+    for chunk in chunks[:2]:
+        chunk.write_bytes(b"garbage")
+    with pytest.raises(store.ArtifactError) as err:
+        store.verify_inputs([link])
+    assert str(err.value) == (
+        f"input {link} does not match its manifest: changed: {link / chunks[0].relative_to(zarr_store)}"
+        f" (+1 more); delete {link} and the cache entry it links to ({zarr_store}) and rerun "
+        "snakemake to rebuild it"
+    )
+
+
+def test_verify_inputs_refuses_a_store_of_the_wrong_shape(zarr_store):
+    import zarr
+
+    root = zarr.open_group(zarr_store, mode="r+")
+    root.create_array("blocks.0.hook_resid_post", shape=(4, 5), dtype="float32", overwrite=True)
+    with pytest.raises(
+        store.ArtifactError, match=r"does not match its manifest: (changed|missing)"
+    ):
+        store.verify_inputs([zarr_store])
+
+
+def test_verify_tree_walks_results(tmp_path, zarr_store, artifact_dir, capsys):
+    results = tmp_path / "results"
+    (results / "activations").mkdir(parents=True)
+    zarr_store.rename(results / "activations" / "m.zarr")
+    artifact_dir.rename(results / "art")
+    store.write_manifest(results / "art", "dataset")
+    table = results / "stats" / "t.csv"
+    table.parent.mkdir()
+    table.write_text("x\n1\n")
+    store.write_manifest(table, "effect_sizes")
+    assert store.verify_tree(results) == (3, [])
+    assert cli.main(["verify", str(results)]) == 0
+    assert capsys.readouterr().out == f"{results}: ok (3 artifacts)\n"
+
+    (results / "stats" / "stray.png").write_bytes(b"png")
+    (results / "art" / "a.txt").write_text("tampered")
+    table.unlink()
+    n, problems = store.verify_tree(results)
+    assert n == 2
+    assert problems == [
+        f"changed: {results / 'art' / 'a.txt'}",
+        f"unexpected: {results / 'stats' / 'stray.png'} (no artifact's manifest lists it)",
+        f"missing: {table}",
+    ]
+    assert cli.main(["verify", str(results)]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"{results}: {line}" for line in problems]
+
+
+def test_cli_verify_empty_tree(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    assert cli.main(["verify", str(tmp_path / "results")]) == 2
+    assert capsys.readouterr().err == (
+        f"{tmp_path / 'results'}: no artifacts under {tmp_path / 'results'}; run snakemake first\n"
+    )

@@ -221,10 +221,25 @@ def code_version() -> str:
 
 
 # ---------------------------------------------------------------- manifests
+# A Zarr store keeps its manifest in the root group's attributes (``zarr.json``), so xarray and
+# zarr open it without stray files; the root metadata is hashed without that attribute.
+ZARR_SUFFIX = ".zarr"
+ZARR_METADATA = "zarr.json"
+MANIFEST_ATTR = "circuitflow_manifest"
+PARTIAL_SUFFIX = ".partial"  # zarr's in-flight chunk writes, left behind by a killed job
+
+
+def is_zarr_store(artifact: str | os.PathLike) -> bool:
+    return Path(artifact).suffix == ZARR_SUFFIX
+
+
 def manifest_path(artifact: str | os.PathLike) -> Path:
-    """Directory artifacts hold ``manifest.json``; a file has a ``.manifest.json`` sidecar."""
+    """Where an artifact's manifest lives: a Zarr store's root ``zarr.json`` (attribute
+    ``circuitflow_manifest``), a directory's ``manifest.json``, a file's ``.manifest.json``."""
     artifact = Path(artifact)
-    if artifact.is_dir() or (not artifact.is_file() and artifact.suffix in ("", ".zarr")):
+    if is_zarr_store(artifact):
+        return artifact / ZARR_METADATA
+    if artifact.is_dir() or (not artifact.is_file() and artifact.suffix == ""):
         return artifact / MANIFEST
     return artifact.with_name(artifact.name + ".manifest.json")
 
@@ -235,12 +250,42 @@ def _artifact_files(artifact: Path) -> list[Path]:
     return sorted(p for p in artifact.rglob("*") if p.is_file() and p.name not in NOT_CONTENT)
 
 
+def _zarr_root_metadata(artifact: Path) -> dict:
+    path = artifact / ZARR_METADATA
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no Zarr root metadata; rebuild {artifact} with snakemake")
+    return json.loads(path.read_text())
+
+
+def _file_digest(artifact: Path, path: Path) -> str:
+    """sha256 of a file; a store's root metadata is hashed without its manifest attribute."""
+    if is_zarr_store(artifact) and path == artifact / ZARR_METADATA:
+        meta = _zarr_root_metadata(artifact)
+        meta.get("attributes", {}).pop(MANIFEST_ATTR, None)
+        return sha256_json(meta)
+    return sha256_file(path)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _store_manifest(artifact: Path, manifest: dict) -> None:
+    if is_zarr_store(artifact):
+        meta = _zarr_root_metadata(artifact)
+        meta.setdefault("attributes", {})[MANIFEST_ATTR] = manifest
+        _write_json_atomic(artifact / ZARR_METADATA, meta)
+    else:
+        _write_json_atomic(manifest_path(artifact), manifest)
+
+
 def input_key(path: str | os.PathLike) -> str:
     """Key of an input: its manifest key when it is an artifact, else the file's sha256."""
     path = Path(path)
-    mpath = manifest_path(path)
-    if mpath.exists():
-        return json.loads(mpath.read_text())["key"]
+    if has_manifest(path):
+        return read_manifest(path)["key"]
     if path.is_file():
         return "sha256:" + sha256_file(path)
     raise FileNotFoundError(f"{path}: input has neither a manifest nor file content to hash")
@@ -259,6 +304,20 @@ def artifact_key(kind: str, input_keys: Mapping[str, str], params: Mapping, seed
     )
 
 
+def input_keys(
+    inputs: Mapping[str, str | os.PathLike | Iterable[str | os.PathLike]] | None,
+) -> dict[str, str]:
+    """``{name: key}`` of a job's inputs (a list of inputs is keyed ``name[i]``)."""
+    keys: dict[str, str] = {}
+    for name, value in (inputs or {}).items():
+        if isinstance(value, str | os.PathLike):
+            keys[name] = input_key(value)
+        else:
+            for i, item in enumerate(value):
+                keys[f"{name}[{i}]"] = input_key(item)
+    return keys
+
+
 def write_manifest(
     artifact: str | os.PathLike,
     kind: str,
@@ -269,38 +328,71 @@ def write_manifest(
 ) -> dict:
     """Hash every file of ``artifact`` and write its manifest; returns the manifest."""
     artifact = Path(artifact)
-    input_keys: dict[str, str] = {}
-    for name, value in (inputs or {}).items():
-        if isinstance(value, str | os.PathLike):
-            input_keys[name] = input_key(value)
-        else:
-            for i, item in enumerate(value):
-                input_keys[f"{name}[{i}]"] = input_key(item)
+    keys = input_keys(inputs)
     params = json.loads(canonical_json(params or {}))
     seeds = json.loads(canonical_json(seeds or {}))
     root = artifact if artifact.is_dir() else artifact.parent
     manifest = {
         "kind": kind,
-        "key": artifact_key(kind, input_keys, params, seeds),
+        "key": artifact_key(kind, keys, params, seeds),
         "code_version": code_version(),
-        "inputs": input_keys,
+        "inputs": keys,
         "params": params,
         "seeds": seeds,
         "files": {
-            p.relative_to(root).as_posix(): sha256_file(p) for p in _artifact_files(artifact)
+            p.relative_to(root).as_posix(): _file_digest(artifact, p)
+            for p in _artifact_files(artifact)
         },
     }
     if extra:
         manifest.update(json.loads(canonical_json(extra)))
-    manifest_path(artifact).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _store_manifest(artifact, manifest)
     return manifest
 
 
+def update_manifest(artifact: str | os.PathLike, **fields) -> dict:
+    """Add or replace top-level fields of an existing manifest (e.g. the device a job used);
+    the files and key stay as written."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    manifest.update(json.loads(canonical_json(fields)))
+    _store_manifest(artifact, manifest)
+    return manifest
+
+
+def remove_manifest(artifact: str | os.PathLike) -> None:
+    """Drop an artifact's manifest (a store copied from another keeps none of its source's)."""
+    artifact = Path(artifact)
+    if is_zarr_store(artifact):
+        meta = _zarr_root_metadata(artifact)
+        if meta.get("attributes", {}).pop(MANIFEST_ATTR, None) is not None:
+            _write_json_atomic(artifact / ZARR_METADATA, meta)
+    else:
+        manifest_path(artifact).unlink(missing_ok=True)
+
+
+def has_manifest(artifact: str | os.PathLike) -> bool:
+    artifact = Path(artifact)
+    if is_zarr_store(artifact):
+        path = artifact / ZARR_METADATA
+        return path.is_file() and MANIFEST_ATTR in json.loads(path.read_text()).get(
+            "attributes", {}
+        )
+    return manifest_path(artifact).is_file()
+
+
 def read_manifest(artifact: str | os.PathLike) -> dict:
-    mpath = manifest_path(artifact)
-    if not mpath.exists():
-        raise FileNotFoundError(f"{mpath}: no manifest; rebuild {artifact} with snakemake")
-    return json.loads(mpath.read_text())
+    artifact = Path(artifact)
+    if not has_manifest(artifact):
+        where = (
+            f"{artifact / ZARR_METADATA} (attribute {MANIFEST_ATTR})"
+            if is_zarr_store(artifact)
+            else str(manifest_path(artifact))
+        )
+        raise FileNotFoundError(f"{where}: no manifest; rebuild {artifact} with snakemake")
+    if is_zarr_store(artifact):
+        return _zarr_root_metadata(artifact)["attributes"][MANIFEST_ATTR]
+    return json.loads(manifest_path(artifact).read_text())
 
 
 def verify(artifact: str | os.PathLike) -> list[str]:
@@ -314,13 +406,81 @@ def verify(artifact: str | os.PathLike) -> list[str]:
         path = root / rel
         if not path.exists():
             problems.append(f"missing: {path}")
-        elif sha256_file(path) != digest:
+        elif _file_digest(artifact, path) != digest:
             problems.append(f"changed: {path}")
     if artifact.is_dir():
         for path in _artifact_files(artifact):
             if path.relative_to(root).as_posix() not in recorded:
                 problems.append(f"unexpected: {path}")
     return problems
+
+
+def verify_inputs(paths: Iterable[str | os.PathLike]) -> None:
+    """Refuse a job's inputs that carry a manifest which does not verify (a changed, deleted
+    or added file): raise one line naming the artifact, its first problem, and the fix."""
+    seen = set()
+    for path in paths:
+        path = Path(path)
+        if path in seen or not has_manifest(path):
+            continue
+        seen.add(path)
+        problems = verify(path)
+        if problems:
+            cached = (
+                f" and the cache entry it links to ({path.resolve()})" if path.is_symlink() else ""
+            )
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ArtifactError(
+                f"input {path} does not match its manifest: {problems[0]}{more}; "
+                f"delete {path}{cached} and rerun snakemake to rebuild it"
+            )
+
+
+def artifacts_under(top: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Walk a results tree: the artifacts in it (Zarr stores, directories with a manifest,
+    files with a sidecar), and the files no artifact claims (sidecars without their file
+    included), both sorted."""
+    top = Path(top)
+    found, unclaimed = [], []
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        here = Path(folder)
+        if here != top and (is_zarr_store(here) or MANIFEST in files):
+            found.append(here)
+            dirs[:] = []
+            continue
+        dirs.sort()
+        for name in files:
+            path = here / name
+            if name.endswith(".manifest.json"):
+                target = path.with_name(name.removesuffix(".manifest.json"))
+                (found if target.is_file() else unclaimed).append(
+                    target if target.is_file() else path
+                )
+            elif name not in NOT_CONTENT and not manifest_path(path).is_file():
+                unclaimed.append(path)
+    return sorted(found), sorted(unclaimed)
+
+
+def verify_tree(top: str | os.PathLike) -> tuple[int, list[str]]:
+    """Verify every artifact under ``top``: (number of artifacts, one line per problem:
+    changed, missing or unexpected files, stores without a manifest, unclaimed files)."""
+    found, unclaimed = artifacts_under(top)
+    problems = []
+    for artifact in found:
+        if not has_manifest(artifact):
+            problems.append(f"no manifest: {artifact} (rebuild it with snakemake)")
+            continue
+        problems += verify(artifact)
+    for path in unclaimed:
+        if path.name.endswith(".manifest.json"):
+            problems.append(f"missing: {path.with_name(path.name.removesuffix('.manifest.json'))}")
+        else:
+            problems.append(f"unexpected: {path} (no artifact's manifest lists it)")
+    return len(found), problems
+
+
+class ArtifactError(RuntimeError):
+    """An artifact on disk is not what its manifest says."""
 
 
 def remove_partial(path: str | os.PathLike) -> None:
@@ -438,15 +598,12 @@ def vectors_dataset(
 
 
 def open_dataset(path: str | os.PathLike, group: str | None = None):
-    """An xarray view of a store (activations, vectors)."""
-    import warnings
-
+    """An xarray view of a store (activations, vectors), without its manifest attribute."""
     import xarray as xr
 
-    with warnings.catch_warnings():
-        # manifest.json and Snakemake's .snakemake_timestamp sit beside the Zarr nodes.
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
-        return xr.open_zarr(Path(path), group=group, consolidated=False)
+    ds = xr.open_zarr(Path(path), group=group, consolidated=False)
+    ds.attrs.pop(MANIFEST_ATTR, None)
+    return ds
 
 
 # ---------------------------------------------------------------- vision (images)

@@ -9,7 +9,6 @@ every label (:class:`Labelled`), the similarity measures the test rows of every 
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,12 +181,7 @@ def read_model_inputs(
     rows); returns the inputs and the sample ids in that order. ``model`` names the model
     (default: the activation store's ``model`` attribute).
     """
-    with warnings.catch_warnings():
-        # manifest.json and Snakemake's timestamp sit beside the Zarr nodes of a store.
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
-        return _read_model_inputs(
-            activations, vectors, baseline, positions, sites, sample_order, model
-        )
+    return _read_model_inputs(activations, vectors, baseline, positions, sites, sample_order, model)
 
 
 def _read_model_inputs(activations, vectors, baseline, positions, sites, sample_order, model):

@@ -228,6 +228,7 @@ def relabel_store(
                 continue
             link = name != "zarr.json" and rel.parts[0] not in RELABELLED
             counts["linked" if _place(path, dst / rel, link) else "copied"] += 1
+    store.remove_manifest(dst)
     root = zarr.open_group(dst, mode="r+")
     labels = np.array([str(r["label"]) for r in rows])
     root.create_array("label", data=labels, dimension_names=["sample"], overwrite=True)

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see patchin
 
 import pandas as pd
 
-from circuitflow import models, patching, store
+from circuitflow import devices, models, patching, store
 from circuitflow.workflow import run_logged
 
 
@@ -22,7 +22,7 @@ def main(smk):
     rows = store.read_samples(smk.input.dataset)
     cfg = patching.PatchConfig.from_params(p.patching, p.seed)
     acfg = patching.AttributionConfig.from_config(cfg.attribution)
-    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
+    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=devices.job_device(p.device))
     result = patching.run_attribution(
         bridge, rows, cfg, p.labels, p.baseline, prepend_bos=p.prepend_bos, model_name=p.model
     )

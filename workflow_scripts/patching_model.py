@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pandas as pd
 
-from circuitflow import models, patching, store
+from circuitflow import devices, models, patching, store
 from circuitflow.core.layers import resolve_layers
 from circuitflow.workflow import run_logged
 
@@ -40,7 +40,7 @@ def main(smk):
     out = Path(smk.output[0])
     rows = store.read_samples(smk.input.dataset)
     cfg = patching.PatchConfig.from_params(p.patching, p.seed)
-    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
+    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=devices.job_device(p.device))
     L = bridge.cfg.n_layers
     conditions = [label for label in p.labels if label != p.baseline]
     abl_layers = resolve_layers(cfg.ablation_layers, L, "patching.ablation_layers", p.model)

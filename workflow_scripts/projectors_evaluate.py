@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from circuitflow import datasets, projectors, store
+from circuitflow import datasets, devices, projectors, store
 from circuitflow.core import rand
 from circuitflow.workflow import run_logged
 
@@ -120,7 +120,7 @@ def main(smk):
     entry = p.entry
     spec = datasets.CaptionSpec.from_config(entry, p.dataset)
     images = store.read_images(smk.input.dataset, np.array([r["image_index"] for r in rows]))
-    vlm = projectors.AssembledVLM.load(smk.input.model).to(p.device)
+    vlm = projectors.AssembledVLM.load(smk.input.model).to(devices.job_device(p.device))
     other = mismatched(rows, p.seed)
     table = evaluate(vlm, images, rows, spec, cfg, other)
     out = Path(smk.output[0])

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from circuitflow import projectors, store
+from circuitflow import devices, projectors, store
 from circuitflow.models.projectors import n_parameters
 from circuitflow.workflow import run_logged
 
@@ -29,7 +29,7 @@ def main(smk):
         image_size=cfg["image_size"],
         projector_params={"n_out": cfg["n_out"], "hidden": cfg["hidden"], "depth": cfg["depth"]},
         seed=p.seed,
-    ).to(p.device)
+    ).to(devices.job_device(p.device))
     load_s = time.perf_counter() - t0
     train_cfg = projectors.ProjectorTrainConfig.from_config(cfg, seed=p.seed)
     vlm, curve = projectors.train_projector(vlm, images, [r["caption"] for r in train], train_cfg)

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from circuitflow import models, sae, store
+from circuitflow import devices, models, sae, store
 from circuitflow.core.tokens import tokenize
 from circuitflow.workflow import run_logged
 
@@ -43,7 +43,7 @@ def main(smk):
     on_train = sae.reconstruction_metrics(model, tokens.x[train])
     times["metrics"] = clock()
 
-    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
+    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=devices.job_device(p.device))
     test_samples = np.flatnonzero(tokens.splits == "test")
     chosen = test_samples[sae.choose_prompts(len(test_samples), p.sae["ce_loss_prompts"], p.seed)]
     toks = tokenize(bridge.tokenizer, [samples[i] for i in chosen], p.prepend_bos)

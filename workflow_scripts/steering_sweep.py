@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow import models, steering, store
+from circuitflow import devices, models, steering, store
 from circuitflow.workflow import run_logged
 
 SAMPLES = "samples.csv"
@@ -23,7 +23,7 @@ def main(smk):
     p = smk.params
     params = steering.SteeringParams.from_config(p.steering)
     rows = store.read_samples(smk.input.dataset)
-    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=p.device)
+    bridge = models.load_bridge(smk.input.model, dtype=p.dtype, device=devices.job_device(p.device))
     table, summary = steering.sweep_table(
         bridge,
         rows,
@@ -36,7 +36,7 @@ def main(smk):
         activations_path=smk.input.activations,
         prepend_bos=p.prepend_bos,
         base_seed=p.seed,
-        device=p.device,
+        device=devices.job_device(p.device),
     )
     out = Path(smk.output[0])
     out.mkdir(parents=True, exist_ok=True)

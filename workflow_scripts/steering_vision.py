@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow import steering, store
+from circuitflow import devices, steering, store
 from circuitflow.models import readout as ro
 from circuitflow.workflow import run_logged
 
@@ -30,7 +30,7 @@ def main(smk):
         model=p.model,
         baseline=p.baseline,
         dtype=p.dtype,
-        device=p.device,
+        device=devices.job_device(p.device),
     )
     vm, hooks, kinds, readout = run.vm, run.hooks, run.kinds, run.readout
     readouts, clip, pairs = run.readouts, run.clip, run.pairs

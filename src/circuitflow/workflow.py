@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from circuitflow import store
+from circuitflow import devices, store
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -51,19 +51,31 @@ def schema_defaults(*section: str) -> dict:
 def run_logged(smk, main: Callable) -> None:
     """Run ``main(smk)`` with stdout/stderr in ``smk.log[0]``.
 
-    On failure: delete every output (so no later run trusts half an artifact), keep the
-    traceback in the log and print one line naming the rule and the problem.
+    Inputs whose manifest does not verify are refused first. A job with ``resources: gpu``
+    or ``params.device: cuda`` runs holding its own GPU(s) from :mod:`circuitflow.devices`
+    (CUDA_VISIBLE_DEVICES set before torch starts), and each output's manifest records the
+    device used. On failure: delete every output (so no later run trusts half an artifact),
+    keep the traceback in the log and print one line naming the rule and the problem.
     """
     log = Path(smk.log[0])
     log.parent.mkdir(parents=True, exist_ok=True)
     terminal = sys.stderr
     threads = int(getattr(smk, "threads", 1) or 1)
+    requested = getattr(getattr(smk, "params", None), "device", None)
+    gpu = getattr(getattr(smk, "resources", None), "gpu", 0)
     with open(log, "w") as fh, redirect_stderr(fh), redirect_stdout(fh):
         try:
-            import torch
+            wanted = devices.gpus_wanted(gpu, requested)
+            with devices.leased(wanted, requested) as lease:
+                import torch
 
-            torch.set_num_threads(threads)
-            main(smk)
+                torch.set_num_threads(threads)
+                store.verify_inputs(smk.input)
+                main(smk)
+                if requested is not None or wanted:
+                    for out in smk.output:
+                        if store.has_manifest(out):
+                            store.update_manifest(out, device=lease.record())
         except Exception as err:  # noqa: BLE001 - every failure must clean up
             traceback.print_exc(file=fh)
             for out in smk.output:

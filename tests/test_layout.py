@@ -20,7 +20,18 @@ PHASES = {
     "steering",
     "vectors",
 }
-SHARED = {"core", "models", "evaluators", "store", "workflow", "devices", "cli", "__init__"}
+SHARED = {
+    "core",
+    "models",
+    "evaluators",
+    "store",
+    "workflow",
+    "devices",
+    "cli",
+    "tracking",
+    "results",
+    "__init__",
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -104,6 +104,9 @@ SUMMARY_OPTIONAL = [
 ]
 SUMMARIES_FILE = "summaries.csv"
 LOGS = "logs/{rule}/{key}.log"
+# Resumable work of a running job, outside its outputs (Snakemake deletes those when a job
+# fails or was killed), keyed like the artifact it will become (store.work_dir).
+WORK_DIR = ".snakemake/circuitflow/work/{key}"
 
 MANIFEST = "manifest.json"
 # Files inside an artifact directory that are not part of its content.
@@ -117,8 +120,15 @@ POSITIONS = ("last", "trigger_mean", "mean")
 SITES = ("hook_resid_pre", "hook_resid_post")
 # Vision stores: CNN stage outputs are ``blocks.{i}.hook_out``; ViT towers use the residual
 # names; towers of a VLM other than the language model carry a prefix (``vision.blocks.3...``).
+# A VLM's projector output is one site between its tower and its language model:
+# ``projector.hook_out`` (the image tokens the LM reads in place of its input embeddings) parses
+# as layer 0 of its own stage, site ``projector.hook_out``. Hooks run in stage order (STAGES:
+# the towers' blocks, the projector, the LM's blocks), then by layer.
 VISION_SITES = ("hook_out",)
 TOWERS = ("vision",)
+PROJECTOR = "projector"
+PROJECTOR_HOOK = f"{PROJECTOR}.hook_out"
+STAGES = (*TOWERS, PROJECTOR, "")  # "" = the model's own (language model / encoder) blocks
 # The direction variables of a vectors store, by contrast (config key direction_contrast):
 # emotion vs neutral (a shared "emotional register" axis dominates it), emotion vs the other
 # emotions (specificity), and the multinomial probe's direction.
@@ -161,8 +171,13 @@ def summaries_file(path: str | os.PathLike) -> Path:
 
 def hook_name(layer: int, site: str) -> str:
     """TransformerLens hook name, e.g. ``blocks.8.hook_resid_pre``; a site with a tower prefix
-    (``vision.hook_resid_post``) names that tower's block: ``vision.blocks.8.hook_resid_post``."""
+    (``vision.hook_resid_post``) names that tower's block: ``vision.blocks.8.hook_resid_post``;
+    the projector's site is its hook (``projector.hook_out``, layer 0)."""
     tower, _, rest = site.partition(".")
+    if tower == PROJECTOR and rest:
+        if layer != 0:
+            raise ValueError(f"{site} is one site: layer 0, not {layer}")
+        return site
     if tower in TOWERS and rest:
         return f"{tower}.blocks.{layer}.{rest}"
     return f"blocks.{layer}.{site}"
@@ -170,10 +185,14 @@ def hook_name(layer: int, site: str) -> str:
 
 def parse_hook_name(name: str) -> tuple[int, str]:
     """Inverse of :func:`hook_name`: ``blocks.8.hook_resid_pre`` -> ``(8, "hook_resid_pre")``,
-    ``vision.blocks.2.hook_resid_post`` -> ``(2, "vision.hook_resid_post")``."""
+    ``vision.blocks.2.hook_resid_post`` -> ``(2, "vision.hook_resid_post")``,
+    ``projector.hook_out`` -> ``(0, "projector.hook_out")``."""
+    stage, _, rest = name.partition(".")
+    if stage == PROJECTOR and rest.startswith("hook_") and "." not in rest:
+        return 0, name
     tower = ""
-    if name.partition(".")[0] in TOWERS:
-        tower, _, name = name.partition(".")
+    if stage in TOWERS:
+        tower, name = stage, rest
     parts = name.split(".", 2)
     if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit():
         raise ValueError(f"not a block hook name: {name!r} (expected blocks.<layer>.<site>)")
@@ -318,6 +337,14 @@ def input_keys(
     return keys
 
 
+def work_dir(kind: str, inputs=None, params=None, seeds=None) -> Path:
+    """The folder where a job keeps what a rerun after a kill can reuse: one per artifact
+    key, so a change of input, param, seed or code never resumes stale work."""
+    params = json.loads(canonical_json(params or {}))
+    seeds = json.loads(canonical_json(seeds or {}))
+    return Path(WORK_DIR.format(key=artifact_key(kind, input_keys(inputs), params, seeds)))
+
+
 def write_manifest(
     artifact: str | os.PathLike,
     kind: str,
@@ -436,6 +463,21 @@ def verify_inputs(paths: Iterable[str | os.PathLike]) -> None:
             )
 
 
+def claimed(path: str | os.PathLike) -> bool:
+    """True when ``path`` has a manifest or lies inside an artifact (a directory with
+    ``manifest.json`` or a Zarr store) whose manifest lists it."""
+    path = Path(path)
+    if has_manifest(path):
+        return True
+    return any(is_zarr_store(parent) or (parent / MANIFEST).is_file() for parent in path.parents)
+
+
+def keyable_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, list[Path]]:
+    """A job's inputs that have a key (an artifact, or a file), for a manifest's ``inputs``."""
+    paths = [Path(p) for p in paths]
+    return {"inputs": [p for p in paths if has_manifest(p) or p.is_file()]}
+
+
 def artifacts_under(top: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     """Walk a results tree: the artifacts in it (Zarr stores, directories with a manifest,
     files with a sidecar), and the files no artifact claims (sidecars without their file
@@ -520,14 +562,24 @@ def ignore_unstable_dtype_warning() -> None:
 def _hook_sort_key(name: str):
     order = {"hook_resid_pre": 0, "attn.hook_result": 1, "hook_resid_post": 2}
     layer, site = parse_hook_name(name)
-    return layer, order.get(site, 3), site
+    stage, _, bare = site.partition(".")
+    if stage not in STAGES[:-1]:  # the model's own blocks (``attn.`` is no stage)
+        stage, bare = "", site
+    return STAGES.index(stage), layer, order.get(bare, 3), site
+
+
+def forward_order(names: Iterable[str]) -> list[str]:
+    """Hook names in forward order: a VLM's tower blocks, its projector, its LM blocks; within
+    a stage by layer, then resid_pre, heads, resid_post."""
+    return sorted(set(names), key=_hook_sort_key)
 
 
 def activation_hooks(
     path: str | os.PathLike, sites: Iterable[str] = SITES + VISION_SITES
 ) -> list[str]:
     """Sample-level residual hook arrays of an activation store, in forward order (tower
-    prefixes of vision stores, e.g. ``vision.hook_resid_post``, match their bare site)."""
+    prefixes of vision stores, e.g. ``vision.hook_resid_post``, and a VLM's
+    ``projector.hook_out`` match their bare site)."""
     import zarr
 
     sites = set(sites)
@@ -535,10 +587,10 @@ def activation_hooks(
     names = [
         name
         for name in root.array_keys()
-        if name.startswith(("blocks.", *(f"{t}.blocks." for t in TOWERS)))
+        if name.startswith(("blocks.", f"{PROJECTOR}.", *(f"{t}.blocks." for t in TOWERS)))
         and parse_hook_name(name)[1].rpartition(".")[2] in sites
     ]
-    return sorted(names, key=_hook_sort_key)
+    return forward_order(names)
 
 
 def read_array(path: str | os.PathLike, name: str) -> np.ndarray:

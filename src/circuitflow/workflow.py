@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from circuitflow import devices, store
+from circuitflow import devices, store, tracking
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -54,7 +55,8 @@ def run_logged(smk, main: Callable) -> None:
     Inputs whose manifest does not verify are refused first. A job with ``resources: gpu``
     or ``params.device: cuda`` runs holding its own GPU(s) from :mod:`circuitflow.devices`
     (CUDA_VISIBLE_DEVICES set before torch starts), and each output's manifest records the
-    device used. On failure: delete every output (so no later run trusts half an artifact),
+    device used; an output whose script wrote no manifest gets one (kind = the rule). On
+    failure: delete every output (so no later run trusts half an artifact),
     keep the traceback in the log and print one line naming the rule and the problem.
     """
     log = Path(smk.log[0])
@@ -71,11 +73,25 @@ def run_logged(smk, main: Callable) -> None:
 
                 torch.set_num_threads(threads)
                 store.verify_inputs(smk.input)
+                started = time.perf_counter()
                 main(smk)
+                for out in smk.output:
+                    if not store.claimed(out):
+                        store.write_manifest(
+                            out,
+                            kind=smk.rule,
+                            inputs=store.keyable_inputs(smk.input),
+                            params=dict(smk.wildcards.items()) if hasattr(smk, "wildcards") else {},
+                        )
                 if requested is not None or wanted:
                     for out in smk.output:
                         if store.has_manifest(out):
                             store.update_manifest(out, device=lease.record())
+            tracking.track(
+                smk,
+                seconds=time.perf_counter() - started,
+                warn=lambda line: (print(line), terminal.write(line + "\n")),
+            )
         except Exception as err:  # noqa: BLE001 - every failure must clean up
             traceback.print_exc(file=fh)
             for out in smk.output:

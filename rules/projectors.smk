@@ -53,6 +53,7 @@ rule evaluate_projector:
     threads: 1
     resources:
         mem_mb=6000,
+        gpu=lambda wc: int(model_entry(PROJECTORS["lm"])["device"].startswith("cuda")),
     params:
         dataset="{dataset}",
         model="{model}",

@@ -30,6 +30,8 @@ rule describe_model:
         "logs/describe_model/{model}.log",
     conda:
         "../envs/circuitflow.yaml"
+    resources:
+        gpu=lambda wc: int(model_entry(wc.model)["device"].startswith("cuda")),
     params:
         model="{model}",
         dtype=lambda wc: model_entry(wc.model)["dtype"],

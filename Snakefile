@@ -3,13 +3,17 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from circuitflow.core.errors import check_yaml_file
 from circuitflow.workflow import describe_validation_error
 
 min_version("9.0")
 
 
 # --configfile replaces the default config instead of merging into it (model lists must not mix).
+# Snakemake reports a bad YAML file without its name or line; say both (a --configfile is
+# parsed before this file runs, so only the default config.yaml can be checked here).
 if not workflow.overwrite_configfiles:
+    check_yaml_file("config.yaml")
 
     configfile: "config.yaml"
 
@@ -38,6 +42,10 @@ include: "rules/projectors.smk"
 include: "rules/stats.smk"
 include: "rules/calibration.smk"
 include: "rules/report.smk"
+
+
+onerror:
+    repeat_job_errors(log)
 
 
 rule all:

@@ -196,6 +196,60 @@ def check_config():
                 raise WorkflowError(
                     f"config key datasets.{name}.{key}: file {entry[key]} does not exist"
                 )
+    for pair in config["alignment"].get("pairs", []):
+        unknown = [m for m in pair if m not in TEXT_MODELS]
+        if unknown:
+            raise WorkflowError(
+                f"config key alignment.pairs: {unknown[0]!r} in {pair} is not a causal-lm "
+                f"model of this config ({', '.join(TEXT_MODELS) or 'none'})"
+            )
+        if pair[0] == pair[1]:
+            raise WorkflowError(
+                f"config key alignment.pairs: {pair} pairs a model with itself; name two "
+                "causal-lm models"
+            )
+    check_alphas()
+
+
+def check_alphas():
+    """A steering sweep that runs needs one non-zero alpha (0 is the unsteered run, made
+    anyway)."""
+    steering = config["steering"]
+    text = PROMPT_DATASETS and TEXT_MODELS
+    if text and not any([*steering["alphas_relative"], *steering["alphas_raw"]]):
+        raise WorkflowError(
+            "config keys steering.alphas_relative and steering.alphas_raw: no non-zero "
+            f"alpha ({steering['alphas_relative']} and {steering['alphas_raw']}), so no "
+            "row would be steered; give one, e.g. alphas_relative: [0.25]"
+        )
+    vision = config["vision"]["steering"]["alphas_relative"]
+    if IMAGE_DATASETS and VISION_MODELS and not any(vision):
+        raise WorkflowError(
+            f"config key vision.steering.alphas_relative: {vision} has no non-zero alpha, "
+            "so no image would be steered; give one, e.g. [0.25]"
+        )
+
+
+def repeat_job_errors(log):
+    """onerror: print each failed job's line (``circuitflow [rule]: ...``) again at exit, after
+    Snakemake's summary, so the last line says what is wrong: the exception its log ends with.
+    """
+    import atexit
+    import sys
+
+    from circuitflow.core.errors import failed_job_logs, logged_error
+
+    lines = []
+    for snakemake_log in log:
+        for rule, job_logs in failed_job_logs(Path(snakemake_log).read_text()):
+            job_log = Path(job_logs[0]) if job_logs else None
+            text = job_log.read_text() if job_log and job_log.is_file() else ""
+            message = logged_error(text) or (
+                "the job ended without a Python error (killed, e.g. out of memory?)"
+            )
+            lines.append(f"circuitflow [{rule}]: {message} (log: {job_log})")
+    if lines:
+        atexit.register(lambda: print("\n".join(lines), file=sys.stderr, flush=True))
 
 
 def check_calibration():
@@ -231,6 +285,7 @@ def per_token_hooks(model):
 
 
 def sae_targets():
+    """The text SAEs: prompt datasets x causal LMs x per_token_layers x architectures."""
     return [
         store.SAE_DIR.format(dataset=d, model=m, hook=h, architecture=a)
         for d in PROMPT_DATASETS
@@ -238,6 +293,47 @@ def sae_targets():
         for h in per_token_hooks(m)
         for a in config["sae"]["architectures"]
     ]
+
+
+def image_sae_hooks(model):
+    """Hooks of a vision model's image SAEs: sae.images.hooks.<model>, else a VLM's projector
+    output (and its LM's per_token_layers), else a vision encoder's per_token_layers blocks.
+    """
+    listed = config["sae"]["images"]["hooks"]
+    if model in listed:
+        return list(listed[model])
+    entry = model_entry(model)
+    layers = entry["per_token_layers"]
+    if entry["family"] == "vlm":
+        lm = [store.hook_name(layer, "hook_resid_post") for layer in layers]
+        return [store.PROJECTOR_HOOK, *lm]
+    site = "hook_out" if entry["backend"] == "torch" else "hook_resid_post"
+    return [store.hook_name(layer, site) for layer in layers]
+
+
+def image_sae_targets():
+    """The image SAEs: image datasets x vision models x their hooks x sae.images.architectures."""
+    return [
+        store.SAE_DIR.format(dataset=d, model=m, hook=h, architecture=a)
+        for d in IMAGE_DATASETS
+        for m in VISION_MODELS
+        for h in image_sae_hooks(m)
+        for a in config["sae"]["images"]["architectures"]
+    ]
+
+
+def image_sae_settings():
+    """The sae section for image SAEs: its training keys with sae.images' in their place."""
+    images = config["sae"]["images"]
+    workflow_only = ("architectures", "ce_loss_prompts", "images")
+    return {
+        **{k: v for k, v in config["sae"].items() if k not in workflow_only},
+        **{
+            k: v
+            for k, v in images.items()
+            if k not in ("hooks", "architectures", "null_permutations")
+        },
+    }
 
 
 def alignment_pairs():
@@ -304,9 +400,8 @@ def alignment_summaries_targets():
 
 
 def sae_measurements_targets():
-    return (
-        sae_targets()
-    )  # directory outputs: their measurements.csv (store.measurements_file)
+    # directory outputs: their measurements.csv (store.measurements_file)
+    return sae_targets() + image_sae_targets()
 
 
 # The statistics phase's inputs: measurements.csv files (store.MEASUREMENTS_FILE layout, per

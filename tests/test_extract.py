@@ -158,3 +158,84 @@ def test_float16_overflow_is_reported():
         extract.ExtractionError, match="overflows float16; set extract.store_dtype: float32"
     ):
         extract.text._check_finite("blocks.0.hook_resid_post", np.array([1e6], np.float32), cfg)
+
+
+KILL_AFTER_BATCHES = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_rows
+from circuitflow import extract, models
+from circuitflow.extract import text
+
+calls = []
+run = text._Recorder.run
+def run_then_die(self, batch):
+    if len(calls) == {kill_after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls.append(len(batch))
+    return run(self, batch)
+text._Recorder.run = run_then_die
+rows = tiny_rows.__wrapped__()
+bridge = models.load_bridge({model!r})
+extract.extract_to_zarr(bridge, rows, text.ExtractConfig(**{cfg!r}), {out!r}, progress=False,
+                        work_dir={work!r})
+"""
+
+
+def test_a_killed_extraction_resumes_and_gives_the_same_store(tiny_model_dirs, tiny_rows, tmp_path):
+    """kill -9 halfway; the rerun computes only the unfinished chunks; the store is identical
+    file by file to an uninterrupted run's."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import TESTS
+
+    settings = dict(
+        n_layers=3,
+        per_token_layers=(1,),
+        batch_size=4,
+        chunk_samples=8,
+        store_dtype="float32",
+        model_name="llama",
+    )
+    cfg = extract.ExtractConfig(**settings)
+    n_batches = sum(-(-min(8, len(tiny_rows) - c0) // 4) for c0 in range(0, len(tiny_rows), 8))
+    assert len(tiny_rows) > 16 and n_batches >= 6
+    work, out = tmp_path / "work", tmp_path / "resumed.zarr"
+    script = KILL_AFTER_BATCHES.format(
+        tests=str(TESTS),
+        kill_after=5,  # two chunks of two batches finished, the third chunk half done
+        model=str(tiny_model_dirs["llama"]),
+        cfg=settings,
+        out=str(out),
+        work=str(work),
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not out.exists()
+    assert json.loads((work / "progress.json").read_text())["done"] == [0, 8]
+
+    bridge = models.load_bridge(tiny_model_dirs["llama"])
+    calls = []
+    run = extract.text._Recorder.run
+
+    def counted(self, batch):
+        calls.append(len(batch))
+        return run(self, batch)
+
+    extract.text._Recorder.run = counted
+    try:
+        extract.extract_to_zarr(bridge, tiny_rows, cfg, out, progress=False, work_dir=work)
+    finally:
+        extract.text._Recorder.run = run
+    assert len(calls) == n_batches - 4  # the two finished chunks were not recomputed
+    assert sum(calls) == len(tiny_rows) - 16
+    assert not work.exists()
+
+    whole = tmp_path / "whole.zarr"
+    extract.extract_to_zarr(bridge, tiny_rows, cfg, whole, progress=False)
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for rel in files:
+        assert (whole / rel).read_bytes() == (out / rel).read_bytes(), rel

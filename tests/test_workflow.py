@@ -129,8 +129,11 @@ def test_second_copy_reuses_the_cache(first_run, models):
     copy2 = root / "copy2"
     proc = snakemake(copy2, _config(models), TARGET, cache=cache)
     out = proc.stdout + proc.stderr
-    for rel in ("results/activations/tiny/tiny-llama.zarr", "resources/models/tiny-gemma3"):
-        assert f"Symlinking output file {rel}/manifest.json from cache" in out, out[-3000:]
+    for rel in (
+        "results/activations/tiny/tiny-llama.zarr/zarr.json",
+        "resources/models/tiny-gemma3/manifest.json",
+    ):
+        assert f"Symlinking output file {rel} from cache" in out, out[-3000:]
     # cached jobs never ran their scripts: Snakemake touches their logs, nothing writes to them
     logs = [
         *(copy2 / "logs").glob("extract_activations/*/*.log"),
@@ -144,6 +147,39 @@ def test_second_copy_reuses_the_cache(first_run, models):
     ):
         assert store.read_manifest(copy2 / rel) == store.read_manifest(work / rel)
     assert (copy2 / TARGET).read_bytes() == (work / TARGET).read_bytes()
+
+
+def _fingerprint(work: Path) -> dict[str, str]:
+    """Every artifact's key and file hashes, and the bytes of every CSV, by relative path."""
+    found = []
+    for top in ("results", "resources/models"):
+        artifacts, unclaimed = store.artifacts_under(work / top)
+        assert unclaimed == [], unclaimed
+        found += artifacts
+    prints = {}
+    for artifact in found:
+        manifest = store.read_manifest(artifact)
+        rel = artifact.relative_to(work).as_posix()
+        prints[f"{rel} (key)"] = manifest["key"]
+        for name, digest in manifest["files"].items():
+            prints[f"{rel}: {name}"] = digest
+    for path in (work / "results").rglob("*.csv"):
+        prints[path.relative_to(work).as_posix()] = store.sha256_file(path)
+    return prints
+
+
+def test_two_clean_runs_give_identical_bytes(first_run, models, tmp_path):
+    """A second run from scratch into its own cache: every CSV byte-identical, every manifest
+    with the same key and file hashes (timings in manifests may differ)."""
+    _, _, work = first_run
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    again = tmp_path / "again"
+    snakemake(again, _config(models), TARGET, cache=cache)
+    first, second = _fingerprint(work), _fingerprint(again)
+    assert len(first) > 100
+    differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    assert differ == [], f"{len(differ)} files differ between two clean runs: {differ[:20]}"
 
 
 def test_unknown_config_key_is_named(tmp_path, models):

@@ -4,14 +4,14 @@ import json
 
 import zarr
 
-from circuitflow import extract, models, store
+from circuitflow import devices, extract, models, store
 from circuitflow.workflow import run_logged
 
 
 def main(smk):
     p = smk.params
     rows = store.read_samples(smk.input.dataset)
-    model = models.load_model(smk.input.model, p.model, p.dtype, p.device)
+    model = models.load_model(smk.input.model, p.model, p.dtype, devices.job_device(p.device))
     if isinstance(model, models.VisionModel):
         return main_vision(smk, rows, model)
     bridge = model
@@ -27,21 +27,20 @@ def main(smk):
         sites=tuple(settings.pop("sites")),
         **settings,
     )
-    info = extract.extract_to_zarr(bridge, rows, cfg, smk.output[0])
+    inputs = {"dataset": smk.input.dataset, "model": smk.input.model}
+    params = {
+        "dataset": p.dataset,
+        "model": p.model,
+        "dtype": p.dtype,
+        "prepend_bos": p.prepend_bos,
+        "per_token_layers": list(p.per_token_layers),
+        "extract": dict(p.extract),
+    }
+    work = store.work_dir("activations", inputs, params)
+    info = extract.extract_to_zarr(bridge, rows, cfg, smk.output[0], work_dir=work)
     print(json.dumps({k: v for k, v in info.items() if k != "hooks"}))
     store.write_manifest(
-        smk.output[0],
-        kind="activations",
-        inputs={"dataset": smk.input.dataset, "model": smk.input.model},
-        params={
-            "dataset": p.dataset,
-            "model": p.model,
-            "dtype": p.dtype,
-            "prepend_bos": p.prepend_bos,
-            "per_token_layers": list(p.per_token_layers),
-            "extract": dict(p.extract),
-        },
-        extra={"summary": info},
+        smk.output[0], kind="activations", inputs=inputs, params=params, extra={"summary": info}
     )
 
 

@@ -19,20 +19,6 @@ from circuitflow import store, vectors
 from circuitflow.workflow import run_logged
 
 
-def _subspaces(a, labels, train, conditions, baseline, k):
-    """Top-k PCA of the train difference vectors of each condition at one position:
-    (components [condition, k, d], singular values [condition, k], ratios [condition, k]),
-    NaN / zero beyond the data's rank."""
-    comps = np.zeros((len(conditions), k, a.shape[-1]))
-    sing = np.full((len(conditions), k), np.nan)
-    ratio = np.full((len(conditions), k), np.nan)
-    for j, condition in enumerate(conditions):
-        diffs = vectors.difference_vectors(a, labels, condition, baseline, train)
-        c, s, r = vectors.pca_subspace(diffs, k)
-        comps[j, : len(c)], sing[j, : len(s)], ratio[j, : len(r)] = c, s, r
-    return comps, sing, ratio
-
-
 def main(smk):
     p = smk.params
     acts = smk.input.activations
@@ -41,7 +27,15 @@ def main(smk):
     labels, train = coords["label"], coords["split"] == "train"
     hooks = store.activation_hooks(acts)
     positions = store.store_positions(acts)
-    P, K = len(positions), p.k_max
+    stored = store.open_dataset(acts)
+    d_hooks = [stored[hook].shape[-1] for hook in hooks]
+    n_train = {c: int((train & (labels == c)).sum()) for c in conditions}
+    P, K = len(positions), vectors.kept_components(p.k_max, d_hooks, n_train, p.model)
+    if K < p.k_max:
+        print(
+            f"vectors.k_max {p.k_max}: at most {K} train samples per condition, so the "
+            f"subspaces keep {K} components (train samples: {n_train})"
+        )
     cfg = vectors.SpecificityConfig(seed=p.seed, **p.specificity)
     contrast_names = {k: store.DIRECTION_VARIABLES[k] for k in vectors.CONTRASTS}
     projection_names = {k: vectors.projection_variable(k) for k in vectors.CONTRASTS}
@@ -73,7 +67,8 @@ def main(smk):
     # with two OpenBLAS threads on a busy 2-core machine (0.64 s vs 5-32 s per hook)
     with threadpool_limits(limits=int(getattr(smk, "threads", 1) or 1)):
         for hook in hooks:
-            a = store.read_array(acts, hook).astype(np.float64)  # [sample, position, d_model]
+            a = store.read_array(acts, hook)  # [sample, position, d_model]
+            a = vectors.finite_activations(a, acts, hook, coords["sample"]).astype(np.float64)
             start = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
@@ -88,7 +83,8 @@ def main(smk):
             out["cosine_to_shared_axis"].append(fit.cosine)
             out["specificity_cv_auroc"].append(fit.cv_auroc)
             per_position = [
-                _subspaces(a[:, i], labels, train, conditions, p.baseline, K) for i in range(P)
+                vectors.condition_subspaces(a[:, i], labels, train, conditions, p.baseline, K)
+                for i in range(P)
             ]
             names = ("subspace", "singular_values", "explained_variance_ratio")
             for name, values in zip(names, zip(*per_position, strict=True), strict=True):

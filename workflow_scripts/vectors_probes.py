@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow import store
+from circuitflow import store, vectors
 from circuitflow.vectors import probes
 from circuitflow.workflow import run_logged
 
@@ -18,7 +18,12 @@ def main(smk):
     coords = {key: store.read_array(acts, key) for key in keys}
     hooks = store.activation_hooks(acts)
     summary, long = probes.run_probes(
-        {hook: store.read_array(acts, hook) for hook in hooks},
+        {
+            hook: vectors.finite_activations(
+                store.read_array(acts, hook), acts, hook, coords["sample"]
+            )
+            for hook in hooks
+        },
         store.store_positions(acts),
         coords,
         seed=p.seed,

@@ -96,8 +96,13 @@ def load_image_file(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return _to_float_rgb(np.asarray(im.convert("RGB")), str(path))
-    except (OSError, UnidentifiedImageError) as err:
-        raise ImageDatasetError(f"{path}: cannot read image ({err})") from None
+    except FileNotFoundError:
+        raise ImageDatasetError(f"{path}: image file not found") from None
+    except UnidentifiedImageError:
+        problem = "not an image PIL can decode (corrupt, empty or another format)"
+    except OSError as err:
+        problem = f"cannot decode image ({err}: corrupt or truncated)"
+    raise ImageDatasetError(f"{path}: {problem}; replace the file or remove it from the sources")
 
 
 def resolve_sources(sources: Sequence[str]) -> list[tuple[str, str]]:

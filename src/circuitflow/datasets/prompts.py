@@ -38,15 +38,39 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                raise DatasetError(
+                    f"{path}:{lineno}: not valid JSON ({_json_problem(err)})"
+                ) from None
             if not isinstance(obj, dict):
                 raise DatasetError(f"{path}:{lineno}: expected a JSON object")
             rows.append((lineno, obj))
     return rows
 
 
+def _json_problem(err: json.JSONDecodeError) -> str:
+    """The decoder's message, or where a trailing comma is (JSON allows none; the decoder
+    says "Expecting property name" or "Extra data" instead)."""
+    line = err.doc.rstrip("\n")
+    before = line[: err.pos].rstrip()
+    if before.endswith(",") and line[err.pos : err.pos + 1] in ("}", "]"):
+        column = len(before)
+    elif err.msg == "Extra data" and line[err.pos :].strip() == ",":
+        column = line.index(",", err.pos) + 1
+    else:
+        return err.msg
+    return f"trailing comma at column {column}; delete it"
+
+
 def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def _unknown_label(label, labels: Sequence[str]) -> str:
+    """What is wrong with a label not in ``labels``; names the one meant when only case or
+    surrounding spaces differ (labels are matched exactly)."""
+    message = f"unknown label {label!r}; expected one of {', '.join(labels)}"
+    meant = [x for x in labels if isinstance(label, str) and label.strip().lower() == x.lower()]
+    return f"{message} (did you mean {meant[0]!r}?)" if meant else message
 
 
 def _require(path: Path, lineno: int, obj: dict, keys: Sequence[str]) -> None:
@@ -65,9 +89,7 @@ def load_prompts(path: str | Path, labels: Sequence[str]) -> list[dict]:
         if not isinstance(text, str) or not text.strip():
             raise DatasetError(f"{path}:{lineno}: empty text")
         if label not in labels:
-            raise DatasetError(
-                f"{path}:{lineno}: unknown label {label!r}; expected one of {', '.join(labels)}"
-            )
+            raise DatasetError(f"{path}:{lineno}: {_unknown_label(label, labels)}")
         if (
             not isinstance(span, list)
             or len(span) != 2
@@ -109,10 +131,7 @@ def expand_frames(path: str | Path, labels: Sequence[str]) -> list[dict]:
             raise DatasetError(f"{path}:{lineno}: template must contain {PLACEHOLDER} exactly once")
         unknown = sorted(set(phrases) - set(labels))
         if unknown:
-            raise DatasetError(
-                f"{path}:{lineno}: unknown label {unknown[0]!r}; "
-                f"expected one of {', '.join(labels)}"
-            )
+            raise DatasetError(f"{path}:{lineno}: {_unknown_label(unknown[0], labels)}")
         missing = [label for label in labels if label not in phrases]
         if missing:
             raise DatasetError(f"{path}:{lineno}: frame {frame_id!r} lacks label {missing[0]!r}")

@@ -12,6 +12,7 @@ from circuitflow.extract.text import (
     ExtractConfig,
     ExtractionError,
     extract_to_zarr,
+    finite_for_store,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "ExtractionError",
     "extract_images_to_zarr",
     "extract_to_zarr",
+    "finite_for_store",
 ]

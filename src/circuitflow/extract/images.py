@@ -17,10 +17,11 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 
 from circuitflow import store
-from circuitflow.extract.text import ExtractionError
+from circuitflow.extract.text import ExtractionError, finite_for_store, leaves_no_partial_store
 from circuitflow.models import Capture, VisionModel, take_images
 
 
+@leaves_no_partial_store
 def extract_images_to_zarr(
     vm: VisionModel,
     rows: Sequence[dict],
@@ -111,7 +112,7 @@ def extract_images_to_zarr(
         values = np.concatenate(bufs[name])
         # one feature dim name per width, so xarray opens stores whose hooks differ in width
         d_dim = "d_model" if len(widths) == 1 else f"d_model_{values.shape[-1]}"
-        values = _finite(name, values, store_dtype, vm.name)
+        values = finite_for_store(name, values, store_dtype, vm.name, coords["sample"])
         info_shapes[name] = list(values.shape)
         arrays[name] = root.create_array(
             name,
@@ -140,7 +141,9 @@ def extract_images_to_zarr(
             flat = np.concatenate(pieces).reshape(-1, pieces[0].shape[-1])
             tok_arrays[name] = grp.create_array(
                 name,
-                data=_finite(name, flat, store_dtype, vm.name),
+                data=finite_for_store(
+                    name, flat, store_dtype, vm.name, np.repeat(coords["sample"], len(flat) // N)
+                ),
                 chunks=(min(len(flat), 4096), flat.shape[1]),
                 compressors=comp,
                 dimension_names=["token", "d_model"],
@@ -159,14 +162,3 @@ def _layer(name: str) -> int | None:
         return store.parse_hook_name(name)[0]
     except ValueError:
         return None
-
-
-def _finite(name: str, arr: np.ndarray, store_dtype: str, model: str) -> np.ndarray:
-    if not np.isfinite(arr).all():
-        raise ExtractionError(f"model {model!r}: NaN/inf activations at {name}; use float32")
-    if store_dtype == "float16" and float(np.abs(arr).max(initial=0)) > 65504:
-        raise ExtractionError(
-            f"model {model!r}: activations at {name} overflow float16; set "
-            "extract.store_dtype: float32"
-        )
-    return arr.astype(store_dtype)

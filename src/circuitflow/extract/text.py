@@ -8,7 +8,11 @@ the padding, so no attention mask is needed and values equal an unpadded forward
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,30 +180,118 @@ def _compressor(level: int):
     return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
 
 
-def _check_finite(name: str, arr: np.ndarray, cfg: ExtractConfig) -> np.ndarray:
-    if not np.isfinite(arr).all():
+def finite_for_store(
+    name: str, arr: np.ndarray, store_dtype: str, model: str, sample_ids: Sequence[str]
+) -> np.ndarray:
+    """``arr`` ([row, ...], one sample id per row) as ``store_dtype``; an
+    :class:`ExtractionError` naming model, hook and the first samples if any value is NaN/inf
+    or too large for float16 (it would be stored as inf)."""
+    flat = arr.reshape(len(arr), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
         raise ExtractionError(
-            f"model {cfg.model_name!r}: NaN/inf activations at {name}; check the model's dtype "
-            "(use float32) and weights"
+            f"model {model!r}: NaN/inf activations at {name} in {_samples(sample_ids, bad)}; "
+            f"check the model's weights and dtype (models.{model}.dtype: float32)"
         )
-    if cfg.store_dtype == "float16":
-        peak = float(np.abs(arr).max(initial=0.0))
-        if peak > float(np.finfo(np.float16).max):
+    if store_dtype == "float16":
+        peaks = np.abs(flat).max(axis=1, initial=0.0)
+        over = peaks > float(np.finfo(np.float16).max)
+        if over.any():
             raise ExtractionError(
-                f"model {cfg.model_name!r}: |activation| {peak:.3g} at {name} overflows float16; "
-                "set extract.store_dtype: float32"
+                f"model {model!r}: |activation| {peaks.max():.3g} at {name} in "
+                f"{_samples(sample_ids, over)} overflows float16; set extract.store_dtype: float32"
             )
-    return arr.astype(cfg.store_dtype)
+    return arr.astype(store_dtype)
 
 
+def _check_finite(
+    name: str, arr: np.ndarray, cfg: ExtractConfig, sample_ids: Sequence[str] | None = None
+) -> np.ndarray:
+    """:func:`finite_for_store` with ``cfg``'s dtype and model (rows unnamed: their indices)."""
+    ids = np.arange(len(arr)).astype(str) if sample_ids is None else sample_ids
+    return finite_for_store(name, arr, cfg.store_dtype, cfg.model_name, ids)
+
+
+def _samples(sample_ids: Sequence[str], mask: np.ndarray) -> str:
+    """ "2 samples (p00001, p00004)": how many rows ``mask`` marks, the first sample ids."""
+    ids = list(dict.fromkeys(str(s) for s in np.asarray(sample_ids)[mask]))
+    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+    return f"{len(ids)} sample{'s' if len(ids) != 1 else ''} ({shown})"
+
+
+def leaves_no_partial_store(fn):
+    """Decorator of a function writing a store at its ``out_path`` argument: on any failure
+    the half-written store is deleted, so no later step reads it."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        out_path = signature.bind(*args, **kwargs).arguments["out_path"]
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            store.remove_partial(out_path)
+            raise
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- resumable work
+WORK_STORE = "activations.zarr"  # in a job's work_dir, moved to out_path when complete
+PROGRESS_FILE = "progress.json"  # in a job's work_dir: the layout and the finished chunks
+
+
+def _resume(work_dir: Path | None, layout: dict) -> set[int] | None:
+    """The finished chunk starts of an interrupted run of the same layout, or None (start
+    afresh: no work_dir, no progress, another layout, or no store)."""
+    if work_dir is None or not (work_dir / PROGRESS_FILE).is_file():
+        return None
+    progress = json.loads((work_dir / PROGRESS_FILE).read_text())
+    if progress.get("layout") != json.loads(json.dumps(layout)):
+        return None
+    if not (work_dir / WORK_STORE).is_dir():
+        return None
+    return set(progress.get("done", []))
+
+
+def _record(work_dir: Path | None, layout: dict, done: set[int]) -> None:
+    """Write the finished chunk starts atomically (a kill leaves the previous record)."""
+    if work_dir is None:
+        return
+    tmp = work_dir / f"{PROGRESS_FILE}.tmp"
+    tmp.write_text(json.dumps({"layout": layout, "done": sorted(done)}, sort_keys=True))
+    os.replace(tmp, work_dir / PROGRESS_FILE)
+
+
+def _finish(work: Path, out_path: Path, work_dir: Path | None) -> None:
+    """Drop zarr's in-flight files a killed run left, move a store built in ``work_dir`` to
+    ``out_path`` and drop the work folder."""
+    for leftover in work.rglob(f"*{store.PARTIAL_SUFFIX}"):
+        leftover.unlink()
+    if work_dir is None:
+        return
+    store.remove_partial(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(work), str(out_path))
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@leaves_no_partial_store
 def extract_to_zarr(
     bridge,
     rows: Sequence[dict],
     cfg: ExtractConfig,
     out_path: str | os.PathLike,
     progress: bool = True,
+    work_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Write the activation store for ``rows`` at ``out_path``; returns summary facts."""
+    """Write the activation store for ``rows`` at ``out_path``; returns summary facts.
+
+    With ``work_dir`` (one per job: keyed by its inputs, params and code) the store is built
+    there and moved to ``out_path`` when complete. Every finished chunk of
+    ``cfg.chunk_samples`` samples is recorded, so a run killed halfway and started again
+    computes only the missing chunks; the finished store is the same, file by file.
+    """
     from tqdm import tqdm
 
     tokenizer = bridge.tokenizer
@@ -209,9 +301,92 @@ def extract_to_zarr(
     n_heads = bridge.W_O.shape[1]
     N = len(rows)
     chunk = min(cfg.chunk_samples, N)
+    n_tok_per = np.array([len(t.ids) - t.first for t in toks])
+    offsets = np.concatenate([[0], np.cumsum(n_tok_per)])
+    work_dir = Path(work_dir) if work_dir is not None else None
+    layout = {"n_samples": N, "chunk": chunk, "hooks": cfg.hooks(), "d_model": d_model}
+    done = _resume(work_dir, layout)
+    work = Path(out_path) if work_dir is None else work_dir / WORK_STORE
 
     store.ignore_unstable_dtype_warning()
-    root = zarr.open_group(Path(out_path), mode="w", zarr_format=3)
+    if done is None:
+        if work_dir is not None:
+            store.remove_partial(work_dir)
+            work_dir.mkdir(parents=True)
+        root = zarr.open_group(work, mode="w", zarr_format=3)
+        arrays, tok_arrays = _create_layout(root, rows, toks, cfg, d_model, n_heads, offsets)
+        done = set()
+        _record(work_dir, layout, done)
+    else:
+        root = zarr.open_group(work, mode="r+")
+        arrays = {name: root[name] for name in _pooled_names(cfg)}
+        grp = root[store.TOKENS_GROUP] if cfg.per_token_layers else None
+        tok_arrays = {
+            layer: grp[store.hook_name(layer, "hook_resid_post")] for layer in cfg.per_token_layers
+        }
+        print(f"resuming {work}: {len(done)} of {-(-N // chunk)} chunks already written")
+
+    recorder = _Recorder(bridge, cfg, pad)
+    sample_ids = np.array([r["sample_id"] for r in rows])
+    bar = tqdm(total=N, desc=f"extract {cfg.model_name}", unit="prompt", disable=not progress)
+    with torch.no_grad(), attach_bridge(bridge, recorder.fwd_hooks()):
+        for c0 in range(0, N, chunk):
+            c1 = min(N, c0 + chunk)
+            if c0 in done:
+                bar.update(c1 - c0)
+                continue
+            idx = sorted(range(c0, c1), key=lambda i: (len(toks[i].ids), i))
+            buf = {
+                name: np.empty((c1 - c0,) + a.shape[1:], dtype=np.float32)
+                for name, a in arrays.items()
+            }
+            tok_buf = {
+                layer: np.empty((offsets[c1] - offsets[c0], d_model), np.float32)
+                for layer in tok_arrays
+            }
+            for b0 in range(0, len(idx), cfg.batch_size):
+                sel = idx[b0 : b0 + cfg.batch_size]
+                pooled, per_token = recorder.run([toks[i] for i in sel])
+                local = np.asarray(sel) - c0
+                for name, values in pooled.items():
+                    buf[name][local] = values
+                for layer, pieces in per_token.items():
+                    for i, piece in zip(sel, pieces, strict=True):
+                        tok_buf[layer][offsets[i] - offsets[c0] : offsets[i + 1] - offsets[c0]] = (
+                            piece
+                        )
+                bar.update(len(sel))
+            ids = sample_ids[c0:c1]
+            for name, values in buf.items():
+                arrays[name][c0:c1] = _check_finite(name, values, cfg, ids)
+            for layer, values in tok_buf.items():
+                name = f"{store.TOKENS_GROUP}/{store.hook_name(layer, 'hook_resid_post')}"
+                tok_ids = np.repeat(ids, n_tok_per[c0:c1])
+                tok_arrays[layer][offsets[c0] : offsets[c1]] = _check_finite(
+                    name, values, cfg, tok_ids
+                )
+            done.add(c0)
+            _record(work_dir, layout, done)
+    bar.close()
+    _finish(work, Path(out_path), work_dir)
+    return {
+        "n_samples": N,
+        "n_tokens": int(sum(len(t.ids) for t in toks)),
+        "hooks": cfg.hooks(),
+        "d_model": d_model,
+        "n_heads": n_heads,
+    }
+
+
+def _pooled_names(cfg: ExtractConfig) -> list[str]:
+    names = [store.hook_name(layer, site) for layer in cfg.resid_layers for site in cfg.sites]
+    return names + [store.hook_name(layer, store.HEAD_SITE) for layer in cfg.head_layers_]
+
+
+def _create_layout(root, rows, toks, cfg: ExtractConfig, d_model, n_heads, offsets):
+    """Coordinates and empty hook arrays of a new store: (pooled arrays, per-token arrays)."""
+    N = len(rows)
+    chunk = min(cfg.chunk_samples, N)
     root.attrs.update(
         {
             "model": cfg.model_name,
@@ -260,10 +435,9 @@ def extract_to_zarr(
                 "definition": "attn.hook_z @ W_O per head (before any post-attention norm)",
             },
         )
-    n_tok_per = np.array([len(t.ids) - t.first for t in toks])
-    offsets = np.concatenate([[0], np.cumsum(n_tok_per)])
     tok_arrays = {}
     if cfg.per_token_layers:
+        n_tok_per = np.diff(offsets)
         T = int(offsets[-1])
         grp = root.create_group(store.TOKENS_GROUP)
         grp.create_array(
@@ -292,48 +466,7 @@ def extract_to_zarr(
                 compressors=comp,
                 dimension_names=["token", "d_model"],
             )
-
-    recorder = _Recorder(bridge, cfg, pad)
-    bar = tqdm(total=N, desc=f"extract {cfg.model_name}", unit="prompt", disable=not progress)
-    n_tokens = 0
-    with torch.no_grad(), attach_bridge(bridge, recorder.fwd_hooks()):
-        for c0 in range(0, N, chunk):
-            c1 = min(N, c0 + chunk)
-            idx = sorted(range(c0, c1), key=lambda i: (len(toks[i].ids), i))
-            buf = {
-                name: np.empty((c1 - c0,) + a.shape[1:], dtype=np.float32)
-                for name, a in arrays.items()
-            }
-            tok_buf = {
-                layer: np.empty((offsets[c1] - offsets[c0], d_model), np.float32)
-                for layer in tok_arrays
-            }
-            for b0 in range(0, len(idx), cfg.batch_size):
-                sel = idx[b0 : b0 + cfg.batch_size]
-                pooled, per_token = recorder.run([toks[i] for i in sel])
-                local = np.asarray(sel) - c0
-                for name, values in pooled.items():
-                    buf[name][local] = values
-                for layer, pieces in per_token.items():
-                    for i, piece in zip(sel, pieces, strict=True):
-                        tok_buf[layer][offsets[i] - offsets[c0] : offsets[i + 1] - offsets[c0]] = (
-                            piece
-                        )
-                n_tokens += sum(len(toks[i].ids) for i in sel)
-                bar.update(len(sel))
-            for name, values in buf.items():
-                arrays[name][c0:c1] = _check_finite(name, values, cfg)
-            for layer, values in tok_buf.items():
-                name = f"{store.TOKENS_GROUP}/{store.hook_name(layer, 'hook_resid_post')}"
-                tok_arrays[layer][offsets[c0] : offsets[c1]] = _check_finite(name, values, cfg)
-    bar.close()
-    return {
-        "n_samples": N,
-        "n_tokens": n_tokens,
-        "hooks": cfg.hooks(),
-        "d_model": d_model,
-        "n_heads": n_heads,
-    }
+    return arrays, tok_arrays
 
 
 def _coords(rows: Sequence[dict]) -> dict[str, np.ndarray]:

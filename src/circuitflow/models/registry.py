@@ -157,17 +157,28 @@ def model_facts(model_dir: str | os.PathLike, name: str = "model") -> dict:
     return json.loads(path.read_text())
 
 
+def _preparing_backend(model_dir: str | os.PathLike, name: str) -> Backend:
+    """The registered backend a prepared folder's facts name."""
+    backend = model_facts(model_dir, name).get("backend")
+    if backend not in _REGISTRY:
+        raise ModelSourceError(
+            f"{model_dir}: model {name!r} was prepared by backend {backend!r}, which is not "
+            f"registered ({', '.join(_REGISTRY)}); prepare it again (snakemake {model_dir} "
+            "--forcerun prepare_model)"
+        )
+    return _REGISTRY[backend]
+
+
 def load_model(
     model_dir: str | os.PathLike, name: str = "model", dtype: str = "float32", device: str = "cpu"
 ):
     """Load a prepared folder with the backend that prepared it."""
-    backend = get_backend(model_facts(model_dir, name)["backend"])
-    return backend.load(Path(model_dir), name, dtype, device)
+    return _preparing_backend(model_dir, name).load(Path(model_dir), name, dtype, device)
 
 
-def describe_model(model_dir: str | os.PathLike, model) -> list[dict]:
+def describe_model(model_dir: str | os.PathLike, model, name: str = "model") -> list[dict]:
     """Hook-point rows of a loaded model (see :meth:`Backend.describe`)."""
-    return get_backend(model_facts(model_dir)["backend"]).describe(model)
+    return _preparing_backend(model_dir, name).describe(model)
 
 
 def hub_offline() -> bool:

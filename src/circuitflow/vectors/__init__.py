@@ -1,9 +1,10 @@
 """Vectors phase: mean-difference directions and their PCA subspaces (:mod:`.diffmeans`),
-emotion-specific directions and their held-out specificity (:mod:`.specificity`), and linear
-probes of image attributes (:mod:`.probes`)."""
+emotion-specific directions and their held-out specificity (:mod:`.specificity`), linear
+probes of image attributes (:mod:`.probes`), and the checks on its inputs (:mod:`.inputs`)."""
 
 from circuitflow.core.ridge import readout_weights, source_contrast
 from circuitflow.vectors.diffmeans import (
+    condition_subspaces,
     cosine_matrix,
     difference_vectors,
     directions,
@@ -12,6 +13,7 @@ from circuitflow.vectors.diffmeans import (
     project,
     separation_measurements,
 )
+from circuitflow.vectors.inputs import VectorsError, finite_activations, kept_components
 from circuitflow.vectors.probes import (
     ALPHAS,
     CLASSIFIED,
@@ -50,8 +52,10 @@ __all__ = [
     "CONTRASTS",
     "PROBES",
     "RidgeProbe",
+    "VectorsError",
     "SpecificityConfig",
     "auroc",
+    "condition_subspaces",
     "contrast_directions",
     "cosine_to_shared",
     "cv_folds",
@@ -70,8 +74,10 @@ __all__ = [
     "cosine_matrix",
     "difference_vectors",
     "directions",
+    "finite_activations",
     "fit_classification_probe",
     "fit_regression_probe",
+    "kept_components",
     "mean_difference",
     "pca_subspace",
     "probe_targets",

@@ -62,6 +62,27 @@ def project(acts: np.ndarray, unit: np.ndarray) -> np.ndarray:
     return np.einsum("spd,pcd->pcs", np.asarray(acts, dtype=np.float64), unit)
 
 
+def condition_subspaces(
+    acts: Float[np.ndarray, "sample d_model"],
+    labels: np.ndarray,
+    train: np.ndarray,
+    conditions: Sequence[str],
+    baseline: str,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k PCA of the train difference vectors of each condition at one position:
+    (components [condition, k, d_model], singular values [condition, k], explained variance
+    ratios [condition, k]); zero components and NaN values beyond a condition's rank. Only
+    ``k`` components are allocated (:func:`.inputs.kept_components` bounds it)."""
+    comps = np.zeros((len(conditions), k, acts.shape[-1]))
+    sing = np.full((len(conditions), k), np.nan)
+    ratio = np.full((len(conditions), k), np.nan)
+    for j, condition in enumerate(conditions):
+        c, s, r = pca_subspace(difference_vectors(acts, labels, condition, baseline, train), k)
+        comps[j, : len(c)], sing[j, : len(s)], ratio[j, : len(r)] = c, s, r
+    return comps, sing, ratio
+
+
 def cosine_matrix(unit: np.ndarray) -> np.ndarray:
     """Pairwise cosines of unit vectors on the second-to-last axis: [..., n, d] -> [..., n, n]."""
     return np.einsum("...id,...jd->...ij", unit, unit)

@@ -480,3 +480,19 @@ def test_cli_verify_empty_tree(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"{tmp_path / 'results'}: no artifacts under {tmp_path / 'results'}; run snakemake first\n"
     )
+
+
+def test_work_dir_is_keyed_and_drops_stale_work(tmp_path, monkeypatch, input_file):
+    monkeypatch.chdir(tmp_path)
+    out = "results/activations/d/m.zarr"
+    first = store.work_dir(out, "activations", {"src": input_file}, {"batch": 2})
+    assert first == store.work_dir(out, "activations", {"src": input_file}, {"batch": 2})
+    assert first.parent == Path(".snakemake/circuitflow/work") / out
+    first.mkdir(parents=True)
+    (first / "progress.json").write_text("{}")
+    other = store.work_dir("results/activations/d/n.zarr", "activations", {"src": input_file})
+    other.mkdir(parents=True)
+    changed = store.work_dir(out, "activations", {"src": input_file}, {"batch": 4})
+    assert changed != first and changed.parent == first.parent
+    assert not first.exists()  # stale work of the same artifact is gone
+    assert other.exists()  # another artifact's work is kept

@@ -36,7 +36,7 @@ def main(smk):
         "per_token_layers": list(p.per_token_layers),
         "extract": dict(p.extract),
     }
-    work = store.work_dir("activations", inputs, params)
+    work = store.work_dir(smk.output[0], "activations", inputs, params)
     info = extract.extract_to_zarr(bridge, rows, cfg, smk.output[0], work_dir=work)
     print(json.dumps({k: v for k, v in info.items() if k != "hooks"}))
     store.write_manifest(

@@ -106,7 +106,7 @@ SUMMARIES_FILE = "summaries.csv"
 LOGS = "logs/{rule}/{key}.log"
 # Resumable work of a running job, outside its outputs (Snakemake deletes those when a job
 # fails or was killed), keyed like the artifact it will become (store.work_dir).
-WORK_DIR = ".snakemake/circuitflow/work/{key}"
+WORK_DIR = ".snakemake/circuitflow/work/{artifact}/{key}"
 
 MANIFEST = "manifest.json"
 # Files inside an artifact directory that are not part of its content.
@@ -337,12 +337,19 @@ def input_keys(
     return keys
 
 
-def work_dir(kind: str, inputs=None, params=None, seeds=None) -> Path:
-    """The folder where a job keeps what a rerun after a kill can reuse: one per artifact
-    key, so a change of input, param, seed or code never resumes stale work."""
+def work_dir(artifact: str | os.PathLike, kind: str, inputs=None, params=None, seeds=None) -> Path:
+    """The folder where the job writing ``artifact`` keeps what a rerun after a kill can
+    reuse: one per artifact key, so a change of input, param, seed or code never resumes
+    stale work (the stale folders of that artifact are deleted)."""
     params = json.loads(canonical_json(params or {}))
     seeds = json.loads(canonical_json(seeds or {}))
-    return Path(WORK_DIR.format(key=artifact_key(kind, input_keys(inputs), params, seeds)))
+    key = artifact_key(kind, input_keys(inputs), params, seeds)
+    folder = Path(WORK_DIR.format(artifact=Path(artifact).as_posix().strip("/"), key=key))
+    if folder.parent.is_dir():
+        for stale in folder.parent.iterdir():
+            if stale.name != key:
+                remove_partial(stale)
+    return folder
 
 
 def write_manifest(

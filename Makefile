@@ -1,4 +1,4 @@
-# make run   : set up .venv and run the default workflow (offline real models)
+# make run   : set up .venv, run the default workflow (offline real models) and build the report
 # make test  : set up .venv and run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 TARGET ?= results/stats/effect_sizes.csv
+REPORT ?= results/report/index.html
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -26,7 +27,8 @@ $(STAMP): pyproject.toml requirements.txt requirements-weights.txt
 
 run: setup
 	mkdir -p $(SNAKEMAKE_OUTPUT_CACHE)
-	$(BIN)/snakemake --cache --cores $(CORES) $(TARGET)
+	$(BIN)/snakemake --cache --rerun-incomplete --cores $(CORES) $(TARGET) $(REPORT)
+	@echo "report: $(REPORT)"
 
 test: setup
 	$(BIN)/python -m pytest tests

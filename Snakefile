@@ -64,3 +64,4 @@ rule all:
         rules.plot_sae.output,
         rules.plot_vision.output,
         rules.plot_projectors.output if PROJECTOR_VLMS else [],
+        rules.report_index.output,

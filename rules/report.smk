@@ -58,6 +58,7 @@ rule summary:
         "../envs/circuitflow.yaml"
     params:
         alpha=config["stats"]["alpha"],
+        headline_n=config["stats"]["headline_n"],
     script:
         "../workflow_scripts/report_summary.py"
 
@@ -196,3 +197,95 @@ rule plot_projectors:
         vlms=PROJECTOR_VLMS,
     script:
         "../workflow_scripts/report_projectors.py"
+
+
+# ---- the report page: one section per question, and the SAE feature cards ----
+REPORT_INDEX = "results/report/index.html"
+FEATURE_CARDS = "results/report/features/{dataset}/{model}/{hook}/{architecture}"
+
+
+# one card folder per trained text SAE (none with report.feature_cards: 0)
+FEATURE_CARD_TARGETS = (
+    [
+        FEATURE_CARDS.format(
+            **dict(
+                zip(("dataset", "model", "hook", "architecture"), Path(t).parts[-4:])
+            )
+        )
+        for t in sae_targets()
+    ]
+    if config["report"]["feature_cards"]
+    else []
+)
+
+
+rule feature_cards:
+    """Neuronpedia-style cards of one SAE's top features per condition: top-activating test
+    samples with their tokens shaded, activation histogram, logit effect (W_dec @ W_U),
+    held-out AUROC with CI and corrected p."""
+    input:
+        sae=store.SAE_DIR,
+        activations=store.ACTIVATIONS,
+        model=store.MODEL_DIR,
+        dataset=store.DATASET_DIR,
+        effects=EFFECT_SIZES,
+    output:
+        directory(FEATURE_CARDS),
+    log:
+        "logs/feature_cards/{dataset}/{model}/{hook}/{architecture}.log",
+    wildcard_constraints:
+        hook=r"blocks\.\d+\.hook_resid_post",
+        architecture=_choice(config["sae"]["architectures"]),
+    conda:
+        "../envs/circuitflow.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        dataset="{dataset}",
+        model="{model}",
+        hook="{hook}",
+        architecture="{architecture}",
+        baseline=lambda wc: dataset_entry(wc.dataset)["baseline"],
+        report=config["report"],
+        headline_n=config["stats"]["headline_n"],
+        index=REPORT_INDEX,
+    script:
+        "../workflow_scripts/report_feature_cards.py"
+
+
+rule report_index:
+    """results/report/index.html: per research question the verdict in one sentence (null,
+    test, units), its figure, the supporting rows (n < stats.headline_n flagged) and the rows
+    used; links the full effect table and the feature cards."""
+    input:
+        **(
+            {
+                "projectors": store.PROJECTOR_COMPARISON.format(
+                    dataset=PROJECTORS["dataset"]
+                )
+            }
+            if PROJECTOR_VLMS
+            else {}
+        ),
+        effects=EFFECT_SIZES,
+        cards=FEATURE_CARD_TARGETS,
+    output:
+        index=REPORT_INDEX,
+        answers=report(
+            directory("results/report/answers"),
+            patterns=["{name}.png"],
+            caption="captions/answers.rst",
+            category="Answers",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        "logs/report/index.log",
+    conda:
+        "../envs/circuitflow.yaml"
+    params:
+        kinds={d: dataset_entry(d)["kind"] for d in DATASETS},
+        report=config["report"],
+        alpha=config["stats"]["alpha"],
+        headline_n=config["stats"]["headline_n"],
+    script:
+        "../workflow_scripts/report_index.py"

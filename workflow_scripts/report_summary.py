@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow import report
+from circuitflow import report, store
 from circuitflow.workflow import run_logged
 
 
@@ -19,8 +19,15 @@ def main(smk):
         power=power,
         k_selection=k_selection,
         calibration=None if calibration is None else pd.read_csv(calibration),
+        headline_n=smk.params.headline_n,
     )
     Path(smk.output[0]).write_text(text)
+    store.write_manifest(  # a rerun leaves no stale manifest
+        smk.output[0],
+        kind="summary",
+        inputs=store.keyable_inputs(smk.input),
+        params={"alpha": smk.params.alpha, "headline_n": smk.params.headline_n},
+    )
 
 
 run_logged(snakemake, main)  # noqa: F821

@@ -405,6 +405,14 @@ def remove_manifest(artifact: str | os.PathLike) -> None:
         manifest_path(artifact).unlink(missing_ok=True)
 
 
+def remove_stale_manifest(output: str | os.PathLike) -> None:
+    """Delete the sidecar a file output's previous run left (Snakemake deletes the output
+    before rerunning its job, not the sidecar beside it)."""
+    sidecar = manifest_path(output)
+    if sidecar.name != MANIFEST and sidecar.name != ZARR_METADATA:
+        sidecar.unlink(missing_ok=True)
+
+
 def has_manifest(artifact: str | os.PathLike) -> bool:
     artifact = Path(artifact)
     if is_zarr_store(artifact):

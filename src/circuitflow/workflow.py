@@ -73,6 +73,8 @@ def run_logged(smk, main: Callable) -> None:
 
                 torch.set_num_threads(threads)
                 store.verify_inputs(smk.input)
+                for out in smk.output:
+                    store.remove_stale_manifest(out)
                 started = time.perf_counter()
                 main(smk)
                 for out in smk.output:
@@ -96,6 +98,7 @@ def run_logged(smk, main: Callable) -> None:
             traceback.print_exc(file=fh)
             for out in smk.output:
                 store.remove_partial(out)
+                store.remove_stale_manifest(out)
             terminal.write(f"circuitflow [{smk.rule}]: {err} (log: {log})\n")
             fh.flush()
             os._exit(1)

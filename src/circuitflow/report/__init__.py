@@ -1,13 +1,46 @@
 """Report phase: figures and the plain-words summary, in one seaborn style (:mod:`.common`);
-text-track and shared figures in :mod:`.text`, vision-track figures in :mod:`.vision`."""
+text-track and shared figures in :mod:`.text`, vision-track figures in :mod:`.vision`; the
+report page in :mod:`.page` (questions in :mod:`.questions`, verdicts in :mod:`.answers`,
+their figures in :mod:`.figures`, HTML in :mod:`.html`) and SAE feature cards in :mod:`.cards`."""
 
+from circuitflow.report.answers import (
+    ATTRIBUTE_GROUPS,
+    Answer,
+    Claim,
+    Question,
+    Verdict,
+    annotate,
+    answer,
+    claim_rows,
+    claim_verdict,
+    n_phrase,
+    projector_lead,
+    small_n_mask,
+    supporting_rows,
+    unit_of,
+)
+from circuitflow.report.cards import (
+    CARDS_FILE,
+    choose_features,
+    logit_effects,
+    sae_effect_rows,
+    token_pieces,
+    unembedding,
+    write_cards,
+)
 from circuitflow.report.common import ALPHA, PALETTE, save
+from circuitflow.report.html import card_html, index_html, row_records
+from circuitflow.report.page import ReportConfig, write_report
 from circuitflow.report.projectors import photo_scores, projector_scores, training_curves
-from circuitflow.report.text import (
-    HEAD_PANELS,
+from circuitflow.report.questions import questions
+from circuitflow.report.summary import (
     IMAGE_METRICS,
     IMAGE_PHASE_WORDS,
     PHASE_WORDS,
+    summary_markdown,
+)
+from circuitflow.report.text import (
+    HEAD_PANELS,
     SAE_METRICS,
     STEERING_COMPARISONS,
     cosine_matrices,
@@ -22,9 +55,10 @@ from circuitflow.report.text import (
     significance_mark,
     steering_effects,
     steering_heatmap,
-    summary_markdown,
 )
 from circuitflow.report.vision import (
+    decodability_by_stage,
+    first_decodable,
     probe_scores_by_layer,
     stimulus_grid,
     vision_effect_by_layer,
@@ -32,6 +66,33 @@ from circuitflow.report.vision import (
 
 __all__ = [
     "ALPHA",
+    "ATTRIBUTE_GROUPS",
+    "Answer",
+    "CARDS_FILE",
+    "Claim",
+    "Question",
+    "ReportConfig",
+    "Verdict",
+    "annotate",
+    "answer",
+    "card_html",
+    "choose_features",
+    "claim_rows",
+    "claim_verdict",
+    "index_html",
+    "logit_effects",
+    "n_phrase",
+    "projector_lead",
+    "questions",
+    "row_records",
+    "sae_effect_rows",
+    "small_n_mask",
+    "supporting_rows",
+    "token_pieces",
+    "unembedding",
+    "unit_of",
+    "write_cards",
+    "write_report",
     "HEAD_PANELS",
     "IMAGE_METRICS",
     "IMAGE_PHASE_WORDS",
@@ -40,6 +101,8 @@ __all__ = [
     "SAE_METRICS",
     "STEERING_COMPARISONS",
     "cosine_matrices",
+    "decodability_by_stage",
+    "first_decodable",
     "head_heatmap",
     "layer_cosines",
     "overlap_vs_k",

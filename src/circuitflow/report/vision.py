@@ -1,5 +1,6 @@
-"""Figures of the vision track: probe scores by layer, stimulus grids, and patching or steering
-effects by layer."""
+"""Figures of the vision track: probe scores by layer, where each attribute becomes decodable
+along tower -> projector -> language model, stimulus grids, and patching or steering effects by
+layer."""
 
 from __future__ import annotations
 
@@ -9,20 +10,110 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from circuitflow import store
 from circuitflow.report.common import _style
 
 
 def _hook_order(hooks) -> list[str]:
-    """Block hooks in forward order: a VLM's vision tower before its language model."""
-
-    def key(h):
-        return (0 if h.startswith("vision.") else 1, int(h.removeprefix("vision.").split(".")[1]))
-
-    return sorted(set(hooks), key=key)
+    """Block hooks in forward order: a VLM's vision tower, its projector, its language model."""
+    return store.forward_order(hooks)
 
 
 def _short(hook: str) -> str:
+    if hook.startswith(f"{store.PROJECTOR}."):
+        return "proj"
     return hook.replace("vision.blocks.", "v").replace("blocks.", "").split(".")[0]
+
+
+def _stages(order: list[str]) -> list[str]:
+    """Stage of each hook: tower, projector, lm (a VLM's language model) or encoder (a vision
+    encoder's own blocks)."""
+    vlm = any(h.partition(".")[0] in (*store.TOWERS, store.PROJECTOR) for h in order)
+    out = []
+    for h in order:
+        stage = h.partition(".")[0]
+        if stage == store.PROJECTOR:
+            out.append("projector")
+        else:
+            out.append("tower" if stage in store.TOWERS else "lm" if vlm else "encoder")
+    return out
+
+
+def first_decodable(
+    probes: pd.DataFrame, level: float = 0.9, min_gain: float = 0.1
+) -> pd.DataFrame:
+    """Per model x position x target: the first hook in forward order whose held-out probe
+    score reaches ``level`` x the target's best score over hooks, its stage (tower |
+    projector | lm | encoder) and score, the best score and its hook, the score at the
+    projector (NaN without one), and ``decodable``: the best score beats chance (probes.csv's
+    ``chance``, 0 when absent) by ``min_gain``. probes: probes.csv rows."""
+    if "chance" not in probes:
+        probes = probes.assign(chance=0.0)
+    rows = []
+    for (model, position, target), part in probes.groupby(["model", "position", "target"]):
+        scores = part.groupby("hook").score.mean()
+        order = _hook_order(scores.index)
+        best = float(scores.max())
+        stages = dict(zip(order, _stages(order), strict=True))
+        first = next(h for h in order if scores[h] >= level * best)
+        proj = [h for h in order if stages[h] == "projector"]
+        rows.append(
+            {
+                "model": model,
+                "position": position,
+                "target": target,
+                "first_hook": first,
+                "first_stage": stages[first],
+                "first_score": float(scores[first]),
+                "best_score": best,
+                "best_hook": max(order, key=scores.get),
+                "projector_score": float(scores[proj[0]]) if proj else np.nan,
+                "decodable": best >= float(part.chance.max()) + min_gain,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def decodability_by_stage(probes: pd.DataFrame, position: str = "mean", level: float = 0.9):
+    """Where each attribute becomes decodable: held-out probe score by target (rows) x hook
+    (columns, forward order: tower | projector | LM, split by lines), one panel per model; a
+    dot marks the first hook reaching ``level`` x the target's best score (targets whose best
+    beats chance by 0.1, :func:`first_decodable`)."""
+    _style()
+    t = probes[probes.position == position]
+    models = list(dict.fromkeys(t.model))
+    first = first_decodable(t, level)
+    fig, axes = plt.subplots(
+        len(models), 1, figsize=(11, 1.2 + 0.42 * t.target.nunique() * len(models)), squeeze=False
+    )
+    for ax, model in zip(axes[:, 0], models, strict=True):
+        part = t[t.model == model]
+        order = _hook_order(part.hook)
+        grid = part.pivot_table(index="target", columns="hook", values="score")[order]
+        sns.heatmap(
+            grid.clip(lower=-0.5),
+            ax=ax,
+            cmap="viridis",
+            vmin=-0.5,
+            vmax=1.0,
+            cbar_kws={"label": "held-out R² / accuracy", "shrink": 0.8},
+        )
+        stages = _stages(order)
+        for i in range(1, len(order)):
+            if stages[i] != stages[i - 1]:
+                ax.axvline(i, color="white", lw=2)
+        mine = first[first.model == model].set_index("target")
+        for y, target in enumerate(grid.index):
+            if not mine.loc[target, "decodable"]:
+                continue
+            x = order.index(mine.loc[target, "first_hook"])
+            ax.plot(x + 0.5, y + 0.5, "o", color="white", ms=5, mec="black")
+        ax.set_xticks(np.arange(len(order)) + 0.5, [_short(h) for h in order], fontsize=6)
+        ax.set(xlabel="hook (v = vision tower block, proj = projector, then LM / encoder block)")
+        ax.set_ylabel("")
+        ax.set_title(f"{model}: where each attribute becomes decodable ({position})", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def probe_scores_by_layer(probes: pd.DataFrame, position: str = "mean") -> Figure:

@@ -46,3 +46,32 @@ def test_vision_figures_draw(tmp_path):
     assert all(
         (tmp_path / f).stat().st_size > 0 for f in ("probes.png", "grid.png", "patching.png")
     )
+
+
+def test_decodability_along_tower_projector_and_lm(tmp_path):
+    """The first hook reaching 90% of an attribute's best score, in forward order across the
+    stages; a target at chance is not marked decodable."""
+    hooks = ["blocks.0.hook_resid_post", "projector.hook_out", "vision.blocks.1.hook_out"]
+    hooks += ["vision.blocks.0.hook_out"]
+    probes = pd.DataFrame(
+        {
+            "model": "vlm",
+            "hook": hooks * 2,
+            "position": "mean",
+            "target": ["exposure"] * 4 + ["composition"] * 4,
+            "score": [0.3, 0.95, 0.5, 0.2, 0.34, 0.33, 0.33, 0.33],
+            "chance": [0.0] * 4 + [0.33] * 4,
+        }
+    )
+    first = report.first_decodable(probes).set_index("target")
+    assert first.loc["exposure", "first_hook"] == "projector.hook_out"
+    assert first.loc["exposure", "first_stage"] == "projector"
+    assert first.loc["exposure", "projector_score"] == 0.95
+    assert first.loc["composition", "best_hook"] == "blocks.0.hook_resid_post"
+    assert not first.loc["composition", "decodable"] and first.loc["exposure", "decodable"]
+    encoder = probes.assign(model="cnn", hook=probes.hook.str.replace("vision.", ""))
+    encoder = encoder[encoder.hook.str.startswith("blocks.")]
+    assert set(report.first_decodable(encoder).first_stage) == {"encoder"}
+    fig = report.decodability_by_stage(pd.concat([probes, encoder]))
+    report.save(fig, tmp_path / "decodability.png")
+    assert (tmp_path / "decodability.png").stat().st_size > 0

@@ -111,11 +111,12 @@ def test_tiny_llava_hooks_vision_projector_and_lm(tiny_llava_dir, tmp_path):
     out = tmp_path / "acts.zarr"
     extract.extract_images_to_zarr(vm, rows, ims, out, progress=False)
     hooks = store.activation_hooks(out)
-    assert hooks == [
-        "blocks.0.hook_resid_post",
+    assert hooks == [  # forward order: tower, projector, language model
         "vision.blocks.0.hook_resid_post",
-        "blocks.1.hook_resid_post",
         "vision.blocks.1.hook_resid_post",
+        "projector.hook_out",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
     ]
     ds = store.open_dataset(out)
     assert ds["projector.hook_out"].shape == (6, 3, 48)
@@ -128,11 +129,15 @@ def test_hook_names_round_trip_text_and_towers():
         (0, "attn.hook_result"),
         (2, "hook_out"),
         (5, "vision.hook_resid_post"),
+        (0, "projector.hook_out"),
     ]:
         assert store.parse_hook_name(store.hook_name(layer, site)) == (layer, site)
     assert store.hook_name(5, "vision.hook_resid_post") == "vision.blocks.5.hook_resid_post"
+    assert store.hook_name(0, "projector.hook_out") == "projector.hook_out"
+    with pytest.raises(ValueError, match="one site"):
+        store.hook_name(3, "projector.hook_out")
     with pytest.raises(ValueError):
-        store.parse_hook_name("projector.hook_out")
+        store.parse_hook_name("projector.blocks.1.hook_out")
 
 
 def test_efficientnet_lite0_real_weights_describe_and_classify(tmp_path):

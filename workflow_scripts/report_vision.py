@@ -1,6 +1,7 @@
 """plot_vision: probes.csv, patching recovery.csv, steering samples.csv and the image datasets
--> results/plots/vision/*.png (probe score by layer, stimulus grids, patching recovery and
-steering shift by layer)."""
+-> results/plots/vision/*.png (probe score by layer, where each attribute becomes decodable
+along tower -> projector -> LM, stimulus grids, patching recovery and steering shift by
+layer)."""
 
 from pathlib import Path
 
@@ -17,6 +18,10 @@ def main(smk):
         probes = pd.concat([pd.read_csv(p) for p in smk.input.probes])
         for dataset, part in probes.groupby("dataset"):
             report.save(report.probe_scores_by_layer(part), out / f"{dataset}__probes.png")
+            fig = report.decodability_by_stage(part)
+            report.save(fig, out / f"{dataset}__decodability.png")
+            first = report.first_decodable(part[part.position == "mean"])
+            print(first.to_string(index=False))
     for path in smk.input.datasets:
         rows = store.read_samples(path)
         if not rows or "image_index" not in rows[0]:

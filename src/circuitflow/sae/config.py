@@ -16,7 +16,8 @@ from circuitflow.sae.base import SAEArchitecture, config_error, get_sae_class
 
 NORMALIZATIONS = ("none", "expected_average_only_in", "expected_average_centered")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
-WORKFLOW_KEYS = ("architectures", "ce_loss_prompts")  # config keys that are not training settings
+# config keys that are not training settings (sae.images: rules/common.smk image_sae_settings)
+WORKFLOW_KEYS = ("architectures", "ce_loss_prompts", "images")
 
 
 @dataclass(frozen=True, kw_only=True)

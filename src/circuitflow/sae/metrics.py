@@ -314,10 +314,12 @@ def sample_max_activations(
     return out.numpy()
 
 
-def _hook_layer_site(hook: str) -> tuple:
-    if hook.startswith("blocks."):
-        return int(hook.split(".")[1]), hook.split(".", 2)[2]
-    return pd.NA, hook
+def hook_layer_site(hook: str) -> tuple:
+    """(layer, site) of a hook name (store.parse_hook_name); (NA, hook) for other names."""
+    try:
+        return store.parse_hook_name(hook)
+    except ValueError:
+        return pd.NA, hook
 
 
 def label_aurocs(
@@ -343,16 +345,19 @@ def select_features(
     conditions: Sequence[str],
     baseline: str,
     top_n: int,
+    scores: Float[np.ndarray, "n_samples d_sae"] | None = None,
 ) -> tuple[pd.DataFrame, int]:
-    """The ``top_n`` features of each condition by |AUROC - 0.5| of the per-sample max
-    (condition vs ``baseline`` samples; ties: the lower feature), among the live ones (firing
-    on a sample of either group). Pass the samples the choice may see (the train split), and
-    test the chosen features on others. Returns (condition, feature, rank, auroc_select), and
-    the number of live (feature, condition) pairs: the hypotheses the choice was made from."""
+    """The ``top_n`` features of each condition by |AUROC - 0.5| of the per-sample max (or of
+    ``scores``, e.g. photo-centred values) (condition vs ``baseline`` samples; ties: the lower
+    feature), among the live ones (firing on a sample of either group). Pass the samples the
+    choice may see (the train split), and test the chosen features on others. Returns
+    (condition, feature, rank, auroc_select), and the number of live (feature, condition)
+    pairs: the hypotheses the choice was made from."""
     labels = np.asarray(sample_labels)
     base = labels == baseline
+    ranked = smax if scores is None else scores
     rows, n_live = [], 0
-    for condition, au in label_aurocs(smax, labels, conditions, baseline).items():
+    for condition, au in label_aurocs(ranked, labels, conditions, baseline).items():
         live = (smax[(labels == condition) | base] > 0).any(0) & np.isfinite(au)
         n_live += int(live.sum())
         strength = np.where(live, np.abs(au - 0.5), -np.inf)
@@ -399,7 +404,7 @@ def feature_measurements(
     this SAE (``family_part`` = hook/architecture)."""
     labels, ids = np.asarray(sample_labels), np.asarray(sample_ids).astype(str)
     hook, arch = metrics["hook"], metrics["architecture"]
-    layer, site = _hook_layer_site(hook)
+    layer, site = hook_layer_site(hook)
     base = labels == baseline
     frames = []
     for r in selected.itertuples(index=False):
@@ -416,7 +421,7 @@ def feature_measurements(
             )
         )
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return _measurements(
+    return sae_measurements(
         frame,
         metrics,
         layer=layer,
@@ -437,7 +442,7 @@ def ce_measurements(ce: CELossResult, prompt_ids: Sequence[str], metrics: Mappin
     ids = np.asarray(prompt_ids).astype(str)
     if len(ids) != ce.n_prompts or not ce.per_prompt:
         raise SAEError(f"{len(ids)} prompt ids for {ce.n_prompts} CE losses (or none per prompt)")
-    layer, site = _hook_layer_site(metrics["hook"])
+    layer, site = hook_layer_site(metrics["hook"])
     frame = pd.DataFrame(
         {
             "arm": np.r_[["treatment"] * len(ids), ["baseline"] * len(ids)],
@@ -445,7 +450,7 @@ def ce_measurements(ce: CELossResult, prompt_ids: Sequence[str], metrics: Mappin
             "value": np.r_[ce.per_prompt["sae"], ce.per_prompt["clean"]].astype(float),
         }
     )
-    return _measurements(
+    return sae_measurements(
         frame,
         metrics,
         layer=layer,
@@ -458,7 +463,9 @@ def ce_measurements(ce: CELossResult, prompt_ids: Sequence[str], metrics: Mappin
     )
 
 
-def _measurements(frame: pd.DataFrame, metrics: Mapping, **const) -> pd.DataFrame:
+def sae_measurements(frame: pd.DataFrame, metrics: Mapping, **const) -> pd.DataFrame:
+    """``frame`` (arm, unit, value and any columns) as measurement rows of one SAE: phase sae,
+    its dataset and model, the columns ``const``, every other column empty."""
     frame = frame.assign(phase="sae", dataset=metrics["dataset"], model=metrics["model"], **const)
     columns = [*store.MEASUREMENT_COLUMNS, *store.MEASUREMENT_OPTIONAL]
     for col in columns:

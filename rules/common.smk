@@ -6,11 +6,31 @@ from circuitflow import store
 
 # The projector study (rules/projectors.smk): one assembled VLM per architecture x seed,
 # trained on projectors.dataset; the best joins the models as projectors.circuit_model.
+# PROJECTOR_VLMS: name -> (variant, seed, architecture, n_out); the variant is what the study
+# compares: the architecture, or with projectors.n_out_sweep "<architecture>-n<n_out>" for
+# the projectors whose token count is set (the others keep one token per encoder token).
 PROJECTORS = config["projectors"]
+
+
+def _projector_variants():
+    sweep = PROJECTORS["n_out_sweep"]
+    if not sweep:
+        return [(a, a, PROJECTORS["n_out"]) for a in PROJECTORS["architectures"]]
+    from circuitflow.models.projectors import get_projector_class
+
+    variants = []
+    for arch in PROJECTORS["architectures"]:
+        if "n_out" in get_projector_class(arch).PARAMS:
+            variants += [(f"{arch}-n{n}", arch, n) for n in sweep]
+        else:
+            variants.append((arch, arch, PROJECTORS["n_out"]))
+    return variants
+
+
 PROJECTOR_VLMS = (
     {
-        f"vlm-{arch}-s{seed}": (arch, seed)
-        for arch in PROJECTORS["architectures"]
+        f"vlm-{variant}-s{seed}": (variant, seed, arch, n_out)
+        for variant, arch, n_out in _projector_variants()
         for seed in PROJECTORS["seeds"]
     }
     if PROJECTORS["dataset"]
@@ -70,7 +90,26 @@ def dataset_entry(dataset):
 
 def dataset_sources(wildcards):
     entry = dataset_entry(wildcards.dataset)
-    return {key: entry[key] for key in ("prompts", "frames") if key in entry}
+    return {key: entry[key] for key in ("prompts", "table", "frames") if key in entry}
+
+
+TABLE_KEYS = (
+    "format",
+    "text_column",
+    "label_column",
+    "trigger_column",
+    "span_column",
+    "label_map",
+    "multi_label",
+    "trigger_phrases",
+    "unmapped_labels",
+    "missing_trigger",
+)
+
+
+def table_spec(entry):
+    """The table-reading keys of a dataset entry ({} without a table)."""
+    return {k: entry[k] for k in TABLE_KEYS if k in entry} if "table" in entry else {}
 
 
 # ---- vision: which datasets pair with which models ----
@@ -183,15 +222,21 @@ def check_config():
             raise WorkflowError(
                 f"config key datasets.{name}.manifest: give csv (and layout: para | aadb)"
             )
-        if entry["kind"] == "prompts" and not ("prompts" in entry or "frames" in entry):
+        if entry["kind"] == "prompts" and not (
+            "prompts" in entry or "table" in entry or "frames" in entry
+        ):
             raise WorkflowError(
-                f"config key datasets.{name}: give prompts and/or frames (JSONL paths)"
+                f"config key datasets.{name}: give prompts or table, and/or frames"
+            )
+        if "prompts" in entry and "table" in entry:
+            raise WorkflowError(
+                f"config key datasets.{name}: give prompts (shipped JSONL) or table, not both"
             )
         if captions_csv and not Path(captions_csv).exists():
             raise WorkflowError(
                 f"config key datasets.{name}.captions.csv: file {captions_csv} does not exist"
             )
-        for key in ("prompts", "frames"):
+        for key in ("prompts", "table", "frames"):
             if key in entry and not Path(entry[key]).exists():
                 raise WorkflowError(
                     f"config key datasets.{name}.{key}: file {entry[key]} does not exist"
@@ -350,10 +395,20 @@ def alignment_targets():
     ]
 
 
+def framed_datasets():
+    """Prompt datasets with counterfactual frames: patching needs them (others skip it)."""
+    return [d for d in PROMPT_DATASETS if "frames" in dataset_entry(d)]
+
+
+for _d in PROMPT_DATASETS:
+    if "frames" not in dataset_entry(_d) and TEXT_MODELS:
+        logger.info(f"dataset {_d}: no frames (counterfactual pairs), so patching skips it")
+
+
 def patching_targets():
     return [
         store.PATCHING_DIR.format(dataset=d, model=m)
-        for d in PROMPT_DATASETS
+        for d in framed_datasets()
         for m in TEXT_MODELS
     ]
 
@@ -362,7 +417,7 @@ def attribution_targets():
     """The AtP directories of the text models where patching.attribution.enabled."""
     return [
         store.ATTRIBUTION_DIR.format(dataset=d, model=m)
-        for d in PROMPT_DATASETS
+        for d in framed_datasets()
         for m in TEXT_MODELS
         if phase_config("patching", d)["attribution"]["enabled"]
     ]

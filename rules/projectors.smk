@@ -25,7 +25,8 @@ rule train_projector:
         gpu=lambda wc: int(model_entry(PROJECTORS["lm"])["device"].startswith("cuda")),
     params:
         model="{model}",
-        architecture=lambda wc: PROJECTOR_VLMS[wc.model][0],
+        architecture=lambda wc: PROJECTOR_VLMS[wc.model][2],
+        n_out=lambda wc: PROJECTOR_VLMS[wc.model][3],
         seed=lambda wc: PROJECTOR_VLMS[wc.model][1],
         projectors=PROJECTORS,
         device=lambda wc: model_entry(PROJECTORS["lm"])["device"],

@@ -27,7 +27,7 @@ def main(smk):
         projector=p.architecture,
         encoder_hook=cfg["encoder_hook"],
         image_size=cfg["image_size"],
-        projector_params={"n_out": cfg["n_out"], "hidden": cfg["hidden"], "depth": cfg["depth"]},
+        projector_params={"n_out": p.n_out, "hidden": cfg["hidden"], "depth": cfg["depth"]},
         seed=p.seed,
     ).to(devices.job_device(p.device))
     load_s = time.perf_counter() - t0
@@ -44,8 +44,13 @@ def main(smk):
         params={
             "model": p.model,
             "architecture": p.architecture,
+            "n_out": p.n_out,
             "seed": p.seed,
-            "projectors": {k: v for k, v in cfg.items() if k not in ("architectures", "seeds")},
+            "projectors": {
+                k: v
+                for k, v in cfg.items()
+                if k not in ("architectures", "seeds", "n_out", "n_out_sweep")
+            },
         },
         seeds={"projector_init": p.seed, "caption_order": p.seed},
         extra={

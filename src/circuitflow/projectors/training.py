@@ -33,6 +33,7 @@ WORKFLOW_KEYS = (
     "encoder_hook",
     "image_size",
     "n_out",
+    "n_out_sweep",
     "hidden",
     "depth",
     "seeds",

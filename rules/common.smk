@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+from snakemake.logging import logger
+
 from circuitflow import store
 
 # The projector study (rules/projectors.smk): one assembled VLM per architecture x seed,
@@ -402,7 +404,9 @@ def framed_datasets():
 
 for _d in PROMPT_DATASETS:
     if "frames" not in dataset_entry(_d) and TEXT_MODELS:
-        logger.info(f"dataset {_d}: no frames (counterfactual pairs), so patching skips it")
+        logger.info(
+            f"dataset {_d}: no frames (counterfactual pairs), so patching skips it"
+        )
 
 
 def patching_targets():

@@ -1,5 +1,6 @@
 rule build_prompts:
-    """Validated emotion prompts + expanded counterfactual frames, split train/test; for a
+    """Validated emotion prompts (or a text table: JSONL, CSV, TSV, Parquet, save_to_disk
+    folder, columns mapped in config) + expanded counterfactual frames, split train/test; for a
     calibration copy ({dataset}.permuted{seed}), the same rows with permuted labels."""
     input:
         unpack(dataset_sources),
@@ -16,6 +17,7 @@ rule build_prompts:
         dataset="{dataset}",
         labels=lambda wc: dataset_entry(wc.dataset)["labels"],
         test_fraction=lambda wc: dataset_entry(wc.dataset)["test_fraction"],
+        table_spec=lambda wc: table_spec(dataset_entry(wc.dataset)),
         permute_labels=lambda wc: dataset_entry(wc.dataset).get("permute_labels"),
         seed=config["seed"],
     script:

@@ -9,6 +9,7 @@ x position x measure x condition x method x k (see circuitflow.alignment for eve
 definition). The summaries (design permutation) feed the statistics. Plus sidecar manifests.
 """
 
+import dataclasses
 import time
 
 import pandas as pd
@@ -18,9 +19,21 @@ from circuitflow import alignment, store
 from circuitflow.workflow import run_logged
 
 
+def stored_positions(cfg, activations, keys):
+    """``cfg`` with the positions of ``keys`` the store lacks (no trigger spans) dropped."""
+    have = store.store_positions(activations)
+    lacking = sorted({x for k in keys for x in getattr(cfg, k) if x not in have})
+    if not lacking:
+        return cfg
+    print(f"positions {lacking}: not in {activations} (samples without trigger spans); skipped")
+    kept = {k: tuple(x for x in getattr(cfg, k) if x in have) for k in keys}
+    return dataclasses.replace(cfg, **kept)
+
+
 def main(smk):
     p = smk.params
     config = alignment.AlignmentConfig.from_config(p.alignment, seed=p.seed, k_max=p.k_max)
+    config = stored_positions(config, smk.input.activations_a, ("positions", "grid_positions"))
     print(f"config: {config}")
     start = time.perf_counter()
     # Thousands of small matrix products: one BLAS thread per job is fastest and fair.

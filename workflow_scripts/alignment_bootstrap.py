@@ -5,6 +5,7 @@ before/after every map, with the random-subspace baseline, for the layer pairs c
 alignment.bootstrap_* (see circuitflow.alignment.bootstrap_table). Plus a sidecar manifest.
 """
 
+import dataclasses
 import time
 
 import pandas as pd
@@ -18,6 +19,10 @@ def main(smk):
     p = smk.params
     config = alignment.AlignmentConfig.from_config(p.alignment, seed=p.seed, k_max=p.k_max)
     boot = alignment.BootstrapConfig.from_config(p.bootstrap)
+    have = store.store_positions(smk.input.activations_a)
+    if any(x not in have for x in boot.positions):
+        print(f"bootstrap positions {list(boot.positions)}: the store has {have}; skipped")
+        boot = dataclasses.replace(boot, positions=tuple(x for x in boot.positions if x in have))
     print(f"config: {config}\nbootstrap: {boot}")
     start = time.perf_counter()
     table = pd.read_csv(smk.input.table)

@@ -27,7 +27,7 @@ def probe_inputs(path, conditions, baseline, n_layers, position):
     """Train-split final-layer features (activation store) per condition vs baseline."""
     hook = store.hook_name(n_layers - 1, "hook_resid_post")
     coords = store.read_sample_coords(path)
-    X = store.read_array(path, hook)[:, store.POSITIONS.index(position)]
+    X = store.read_array(path, hook)[:, store.store_positions(path).index(position)]
     out = {}
     for c in conditions:
         keep = (coords["split"] == "train") & np.isin(coords["label"], [c, baseline])

@@ -22,7 +22,7 @@ class Tokenized:
     """One sample's token ids and the token positions of its trigger span."""
 
     ids: Int[np.ndarray, " seq"]  # int64, BOS included when prepended
-    span: Int[np.ndarray, " n_span"]  # token positions overlapping the character span
+    span: Int[np.ndarray, " n_span"]  # token positions overlapping the character span (or none)
     first: int  # first non-BOS position
 
 
@@ -39,7 +39,8 @@ def bos_ids(tokenizer, prepend_bos: bool) -> list[int]:
 
 
 def tokenize(tokenizer, rows: Sequence[Mapping], prepend_bos: bool) -> list[Tokenized]:
-    """Tokenize ``row["text"]``, prepend BOS if asked, map ``row["span"]`` to token positions."""
+    """Tokenize ``row["text"]``, prepend BOS if asked, map ``row["span"]`` to token positions
+    (``span`` None: an empty span)."""
     bos = bos_ids(tokenizer, prepend_bos)
     enc = tokenizer(
         [r["text"] for r in rows], add_special_tokens=False, return_offsets_mapping=True
@@ -48,14 +49,20 @@ def tokenize(tokenizer, rows: Sequence[Mapping], prepend_bos: bool) -> list[Toke
     for row, ids, offsets in zip(rows, enc["input_ids"], enc["offset_mapping"], strict=True):
         if not ids:
             raise TokenizationError(f"sample {row['sample_id']}: text tokenizes to nothing")
-        start, end = row["span"]
-        span = [i + len(bos) for i, (a, b) in enumerate(offsets) if a < end and b > start]
-        if not span:
+        span = []
+        if row.get("span") is not None:  # None: the row has no trigger (span left empty)
+            start, end = row["span"]
+            span = [i + len(bos) for i, (a, b) in enumerate(offsets) if a < end and b > start]
+        if not span and row.get("span") is not None:
             raise TokenizationError(
                 f"sample {row['sample_id']}: span {row['span']} covers no token"
             )
         out.append(
-            Tokenized(np.asarray(bos + list(ids), dtype=np.int64), np.asarray(span), len(bos))
+            Tokenized(
+                np.asarray(bos + list(ids), dtype=np.int64),
+                np.asarray(span, dtype=np.int64),
+                len(bos),
+            )
         )
     return out
 

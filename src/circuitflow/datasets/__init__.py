@@ -1,6 +1,7 @@
-"""Datasets phase: prompt datasets (:mod:`.prompts`), aesthetic counterfactuals of photographs
-(:mod:`.images`), scored photographs from CSV manifests (:mod:`.manifests`) and templated
-image captions for VLM projectors (:mod:`.captions`)."""
+"""Datasets phase: prompt datasets (:mod:`.prompts`; text tables in any form:
+:mod:`.tables`), aesthetic counterfactuals of photographs (:mod:`.images`), scored photographs
+from CSV manifests (:mod:`.manifests`) and templated image captions for VLM projectors
+(:mod:`.captions`)."""
 
 from circuitflow.datasets.caption_csv import (
     build_csv_caption_dataset,
@@ -64,6 +65,15 @@ from circuitflow.datasets.prompts import (
     load_prompts,
     split_rows,
 )
+from circuitflow.datasets.tables import (
+    MISSING_TRIGGER,
+    MULTI_LABEL_RULES,
+    TABLE_FORMATS,
+    UNMAPPED_LABELS,
+    TableSpec,
+    load_table,
+    read_table,
+)
 
 __all__ = [
     "BASELINE",
@@ -73,15 +83,20 @@ __all__ = [
     "DEFAULT_LEVELS",
     "LABELS",
     "MANIFEST_LAYOUTS",
+    "MISSING_TRIGGER",
+    "MULTI_LABEL_RULES",
     "PLACEHOLDER",
     "SCORE_KEYS",
+    "TABLE_FORMATS",
     "THIRDS",
+    "UNMAPPED_LABELS",
     "VOCABULARY",
     "CaptionDatasetError",
     "CaptionSpec",
     "DatasetError",
     "ImageDatasetError",
     "ImageSpec",
+    "TableSpec",
     "build_caption_dataset",
     "build_csv_caption_dataset",
     "build_image_dataset",
@@ -106,8 +121,10 @@ __all__ = [
     "load_image_file",
     "load_prompts",
     "load_score_manifest",
+    "load_table",
     "luma",
     "max_crop_side",
+    "read_table",
     "render_caption",
     "resize",
     "resolve_sources",

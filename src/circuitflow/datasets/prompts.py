@@ -231,17 +231,20 @@ def build_prompt_dataset(
     test_fraction: float,
     seed: int,
     permute_seed: int | None = None,
+    table_rows: Sequence[dict] = (),
 ) -> list[dict]:
     """Validated, split rows with stable sample ids (``p00001``, ``f001.anger``); with
     ``permute_seed``, the same rows with permuted labels (:func:`permute_labels`; the split
-    is the real labels' split)."""
+    is the real labels' split). ``table_rows``: rows of a text table
+    (:func:`circuitflow.datasets.tables.load_table`; ``span`` may be None)."""
     rows = []
     if prompts:
         rows += load_prompts(prompts, labels)
+    rows += list(table_rows)
     if frames:
         rows += expand_frames(frames, labels)
     if not rows:
-        raise DatasetError("dataset has no rows: give a prompts and/or frames file")
+        raise DatasetError("dataset has no rows: give a prompts, table and/or frames file")
     check_duplicates(rows)
     counts = {label: sum(r["label"] == label for r in rows) for label in labels}
     too_few = [label for label, n in counts.items() if n < 2]

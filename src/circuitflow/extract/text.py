@@ -103,8 +103,9 @@ class _Recorder:
     more than the forward pass of a small batch, so hooks stay attached across batches.
     """
 
-    def __init__(self, bridge, cfg: ExtractConfig, pad_id: int):
+    def __init__(self, bridge, cfg: ExtractConfig, pad_id: int, positions=store.POSITIONS):
         self.bridge, self.cfg, self.pad_id = bridge, cfg, pad_id
+        self.positions = tuple(positions)
         self.device = next(bridge.parameters()).device
         self.W_O = bridge.W_O.detach().float()
         self.hooks = cfg.hooks()
@@ -128,14 +129,12 @@ class _Recorder:
             self.pooled[store.hook_name(layer, store.HEAD_SITE)] = result.cpu().numpy()
         else:
             if name in self.pooled_names:
-                pooled = torch.stack(
-                    [
-                        x[self.rows, self.last],
-                        (x * self.span_w).sum(1),
-                        (x * self.tok_w).sum(1),
-                    ],
-                    dim=1,
-                )
+                pools = {
+                    "last": lambda: x[self.rows, self.last],
+                    "trigger_mean": lambda: (x * self.span_w).sum(1),
+                    "mean": lambda: (x * self.tok_w).sum(1),
+                }
+                pooled = torch.stack([pools[p]() for p in self.positions], dim=1)
                 self.pooled[name] = pooled.cpu().numpy()
             if name in self.per_token_names:
                 xc = x.cpu()
@@ -161,7 +160,7 @@ class _Recorder:
         self.batch = batch
         self.rows = torch.arange(B, device=dev)
         self.last = (lengths - 1).to(dev)
-        self.span_w = (span / span.sum(1, keepdim=True)).unsqueeze(-1).to(dev)
+        self.span_w = (span / span.sum(1, keepdim=True).clamp(min=1)).unsqueeze(-1).to(dev)
         self.tok_w = (tok / tok.sum(1, keepdim=True)).unsqueeze(-1).to(dev)
         self.pooled, self.per_token = {}, {}
         run_to_stop(self.bridge, tokens.to(dev), return_type=None)
@@ -276,6 +275,19 @@ def _finish(work: Path, out_path: Path, work_dir: Path | None) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def text_positions(toks: Sequence[Tokenized], sample_ids: Sequence[str]) -> tuple[str, ...]:
+    """The pooled positions stored: ``store.POSITIONS`` without ``trigger_mean`` when a sample
+    has no trigger span (one printed line names how many)."""
+    missing = np.array([len(t.span) == 0 for t in toks])
+    if not missing.any():
+        return store.POSITIONS
+    print(
+        f"{_samples(sample_ids, missing)} of {len(toks)} have no trigger span: position "
+        "trigger_mean is not stored, so every phase skips it"
+    )
+    return tuple(p for p in store.POSITIONS if p != "trigger_mean")
+
+
 @leaves_no_partial_store
 def extract_to_zarr(
     bridge,
@@ -296,6 +308,7 @@ def extract_to_zarr(
 
     tokenizer = bridge.tokenizer
     toks = tokenize(tokenizer, rows, cfg.prepend_bos)
+    positions = text_positions(toks, [r["sample_id"] for r in rows])
     pad = pad_id(tokenizer)
     d_model = bridge.cfg.d_model
     n_heads = bridge.W_O.shape[1]
@@ -305,6 +318,8 @@ def extract_to_zarr(
     offsets = np.concatenate([[0], np.cumsum(n_tok_per)])
     work_dir = Path(work_dir) if work_dir is not None else None
     layout = {"n_samples": N, "chunk": chunk, "hooks": cfg.hooks(), "d_model": d_model}
+    if positions != store.POSITIONS:
+        layout["positions"] = list(positions)
     done = _resume(work_dir, layout)
     work = Path(out_path) if work_dir is None else work_dir / WORK_STORE
 
@@ -314,7 +329,9 @@ def extract_to_zarr(
             store.remove_partial(work_dir)
             work_dir.mkdir(parents=True)
         root = zarr.open_group(work, mode="w", zarr_format=3)
-        arrays, tok_arrays = _create_layout(root, rows, toks, cfg, d_model, n_heads, offsets)
+        arrays, tok_arrays = _create_layout(
+            root, rows, toks, cfg, d_model, n_heads, offsets, positions
+        )
         done = set()
         _record(work_dir, layout, done)
     else:
@@ -326,7 +343,7 @@ def extract_to_zarr(
         }
         print(f"resuming {work}: {len(done)} of {-(-N // chunk)} chunks already written")
 
-    recorder = _Recorder(bridge, cfg, pad)
+    recorder = _Recorder(bridge, cfg, pad, positions)
     sample_ids = np.array([r["sample_id"] for r in rows])
     bar = tqdm(total=N, desc=f"extract {cfg.model_name}", unit="prompt", disable=not progress)
     with torch.no_grad(), attach_bridge(bridge, recorder.fwd_hooks()):
@@ -383,14 +400,16 @@ def _pooled_names(cfg: ExtractConfig) -> list[str]:
     return names + [store.hook_name(layer, store.HEAD_SITE) for layer in cfg.head_layers_]
 
 
-def _create_layout(root, rows, toks, cfg: ExtractConfig, d_model, n_heads, offsets):
+def _create_layout(
+    root, rows, toks, cfg: ExtractConfig, d_model, n_heads, offsets, positions=store.POSITIONS
+):
     """Coordinates and empty hook arrays of a new store: (pooled arrays, per-token arrays)."""
     N = len(rows)
     chunk = min(cfg.chunk_samples, N)
     root.attrs.update(
         {
             "model": cfg.model_name,
-            "positions": list(store.POSITIONS),
+            "positions": list(positions),
             "prepend_bos": cfg.prepend_bos,
             "mean_excludes_bos": True,
             "n_layers": cfg.n_layers,
@@ -400,7 +419,7 @@ def _create_layout(root, rows, toks, cfg: ExtractConfig, d_model, n_heads, offse
     )
     for key, values in _coords(rows).items():
         root.create_array(key, data=values, dimension_names=["sample"])
-    root.create_array("position", data=np.array(store.POSITIONS), dimension_names=["position"])
+    root.create_array("position", data=np.array(positions), dimension_names=["position"])
     root.create_array(
         "n_tokens",
         data=np.array([len(t.ids) for t in toks], dtype=np.int32),
@@ -413,8 +432,8 @@ def _create_layout(root, rows, toks, cfg: ExtractConfig, d_model, n_heads, offse
             name = store.hook_name(layer, site)
             arrays[name] = root.create_array(
                 name,
-                shape=(N, len(store.POSITIONS), d_model),
-                chunks=(chunk, len(store.POSITIONS), d_model),
+                shape=(N, len(positions), d_model),
+                chunks=(chunk, len(positions), d_model),
                 dtype=cfg.store_dtype,
                 compressors=comp,
                 dimension_names=["sample", "position", "d_model"],

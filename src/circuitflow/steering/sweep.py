@@ -9,6 +9,7 @@ table (:func:`fluency_table`) and the ``measurements.csv`` rows (:func:`sample_m
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -39,13 +40,15 @@ FLUENCY_METRICS = ("perplexity", "distinct_2", "empty_generation")
 
 
 def mean_residual_norm(
-    acts: Float[np.ndarray, "sample position d_model"], train: np.ndarray
+    acts: Float[np.ndarray, "sample position d_model"],
+    train: np.ndarray,
+    positions: Sequence[str] = store.POSITIONS,
 ) -> float:
     """Mean over train samples of ||resid|| at position ``mean`` (the token-mean residual).
 
-    acts: an activation-store array, positions ``store.POSITIONS``.
+    acts: an activation-store array, positions ``positions`` (the store's).
     """
-    a = np.asarray(acts, dtype=np.float64)[train, store.POSITIONS.index("mean")]
+    a = np.asarray(acts, dtype=np.float64)[train, list(positions).index("mean")]
     if len(a) == 0:
         raise ValueError("no train samples to compute the mean residual norm from")
     return float(np.linalg.norm(a, axis=-1).mean())
@@ -117,7 +120,11 @@ def load_directions(
         directions[layer] = {c: sel[variable].sel(condition=c).values for c in conditions}
         if components:
             subspaces[layer] = {c: sel["subspace"].sel(condition=c).values for c in conditions}
-        norms[layer] = mean_residual_norm(store.read_array(activations_path, hook), train)
+        norms[layer] = mean_residual_norm(
+            store.read_array(activations_path, hook),
+            train,
+            store.store_positions(activations_path),
+        )
     return directions, subspaces, norms
 
 
@@ -135,7 +142,7 @@ def control_activations(
             f"{activations_path}: {int(train.sum())} train samples; the matched random "
             "controls need at least 2 (steering.random_seeds: [] turns them off)"
         )
-    at = store.POSITIONS.index(position)
+    at = store.store_positions(activations_path).index(position)
     return {
         layer: np.asarray(
             store.read_array(activations_path, store.hook_name(layer, "hook_resid_pre")),
@@ -163,6 +170,12 @@ def sweep_table(
 ) -> tuple[pd.DataFrame, dict]:
     """The steering job: sweep, generate, score -> (per-sample DataFrame, summary dict)."""
     layers = list(resolve_layers(params.layers, bridge.cfg.n_layers, "steering.layers", model))
+    if params.position not in store.store_positions(activations_path):
+        print(
+            f"steering.position {params.position!r}: not in {activations_path} (samples "
+            "without trigger spans); steering with the directions at position 'last'"
+        )
+        params = dataclasses.replace(params, position="last")
     conditions = list(params.conditions or [c for c in labels if c != baseline])
     directions, subspaces, norms = load_directions(
         vectors_path,

@@ -1,8 +1,15 @@
-"""The ``hf`` backend: a LLaVA-style VLM folder (transformers ``AutoModelForImageTextToText``).
+"""The ``hf`` backend: transformers vision encoders and VLMs, one registered family per
+``architectures`` entry (:mod:`circuitflow.models.hf_families`), and the LLaVA families.
 
-Hook points: ``vision.blocks.{i}.hook_resid_post`` (vision tower layer i),
-``projector.hook_out`` (the projector's image tokens) and ``blocks.{i}.hook_resid_post``
-(language-model layer i, at the image-token positions).
+Hook points of every VLM family: ``vision.blocks.{i}.hook_resid_post`` (vision tower layer i),
+``projector.hook_out`` (the image tokens in the LM's space) and ``blocks.{i}.hook_resid_post``
+(language-model layer i, at the image-token positions). LLaVA-1.5: one image of
+``(S / patch)^2`` tokens after BOS. LLaVA-NeXT / OneVision (anyres): the stimulus is resized to
+the smallest square of ``image_grid_pinpoints`` larger than one tile (672 px = 2 x 2 tiles of
+336 for LLaVA-NeXT, 768 = 2 x 2 x 384 for OneVision), cut into tiles of the tower's size plus a
+downscaled base tile; tower and projector hooks hold every tile's patches ``[B, tiles x
+patches, d]`` (base tile first, CLS tokens left out), and the LM's image tokens are the packed
+features (base, then the tile grid row by row with a newline token after each row).
 """
 
 from __future__ import annotations
@@ -11,134 +18,257 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from circuitflow import store
+from circuitflow.models.hf_families import (
+    HFFamily,
+    PixelInputs,
+    add_view,
+    architecture_of,
+    block_hooks,
+    family_for,
+    fixed_inputs,
+    image_stats,
+    lm_forward,
+    lm_hooks,
+    register_hf_family,
+)
 from circuitflow.models.registry import ModelSpec, hub_offline, register_backend
 from circuitflow.models.vision import HookPoint, VisionBackend, VisionModelError
 
+EXTRA_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "special_tokens_map.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "processor_config.json",
+)
 
-def _prepare_hf_vlm(spec: ModelSpec, out: Path) -> dict:
-    from transformers import AutoModelForImageTextToText
 
+def _source(spec: ModelSpec) -> str | Path:
     where = Path(spec.source).expanduser()
-    if not where.is_dir():
-        offline = hub_offline()
-        if offline or spec.source.startswith((".", "/", "~")):
-            raise VisionModelError(
-                f"model {spec.name!r}: {spec.source!r} is not a local folder"
-                + (" (offline: HF_HUB_OFFLINE=1)" if offline else "")
-                + "; download it (huggingface-cli download REPO --local-dir DIR) and set "
-                f"models.{spec.name}.source: DIR"
-            )
-        where = spec.source
+    if where.is_dir():
+        return where
+    offline = hub_offline()
+    if offline or spec.source.startswith((".", "/", "~")):
+        raise VisionModelError(
+            f"model {spec.name!r}: {spec.source!r} is not a local folder"
+            + (" (offline: HF_HUB_OFFLINE=1)" if offline else "")
+            + "; download it (huggingface-cli download REPO --local-dir DIR) and set "
+            f"models.{spec.name}.source: DIR"
+        )
+    return spec.source
+
+
+def _prepare_hf(spec: ModelSpec, out: Path) -> dict:
+    where = _source(spec)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(str(where))
+        arch = architecture_of(where)
     except (OSError, ValueError) as err:
         raise VisionModelError(
-            f"model {spec.name!r}: cannot load {spec.source!r} as a VLM ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:120]})"
+            f"model {spec.name!r}: cannot load {spec.source!r} as a transformers model "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:120]})"
         ) from None
+    fam = family_for(arch, spec.name, spec.family)
+    try:
+        model = fam.load(where)
+    except (OSError, ValueError) as err:
+        raise VisionModelError(
+            f"model {spec.name!r}: cannot load {spec.source!r} as {fam.name} ({arch}): "
+            f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        ) from None
+    try:
+        facts = fam.facts(model, where)
+    except VisionModelError as err:
+        raise VisionModelError(f"model {spec.name!r}: {err}") from None
     model.save_pretrained(out)
-    for extra in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "preprocessor_config.json",
-        "special_tokens_map.json",
-        "chat_template.json",
-        "processor_config.json",
-    ):
-        if isinstance(where, Path) and (where / extra).exists():
-            shutil.copy(where / extra, out / extra)
-    vcfg = model.config.vision_config
+    if isinstance(where, Path):
+        for extra in EXTRA_FILES:
+            if (where / extra).exists():
+                shutil.copy(where / extra, out / extra)
+        if (where / "qformer_tokenizer").is_dir():
+            shutil.copytree(where / "qformer_tokenizer", out / "qformer_tokenizer")
+    else:
+        _save_processor(where, out)
     return {
-        "architecture": model.config.architectures[0] if model.config.architectures else "vlm",
-        "image_size": int(vcfg.image_size),
-        "mean": [0.48145466, 0.4578275, 0.40821073],
-        "std": [0.26862954, 0.26130258, 0.27577711],
-        "n_blocks": model.config.get_text_config().num_hidden_layers,
-        "n_vision_blocks": vcfg.num_hidden_layers,
+        "architecture": model.config.architectures[0] if model.config.architectures else arch,
+        "hf_family": fam.name,
+        **image_stats(out, fam),
+        **facts,
         "n_params": sum(p.numel() for p in model.parameters()),
     }
 
 
-def _load_hf_vlm(model_dir: Path):
-    from transformers import AutoModelForImageTextToText
+def _save_processor(source: str, out: Path) -> None:
+    """A hub model's processor files (tokenizer, image statistics) beside its weights; a
+    tower without a processor keeps its family's mean and std."""
+    from transformers import AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(str(model_dir))
-    cfg = model.config
-    inner = model.model
-    tower = inner.vision_tower
-    encoder = getattr(tower, "vision_model", tower).encoder  # CLIPVisionModel or its inner model
-    vision_layers = encoder.layers
-    lm_layers = inner.language_model.layers
-    hooks = [
-        HookPoint(
-            store.hook_name(i, "vision.hook_resid_post"),
-            layer,
-            "vit",
-            f"vision_tower encoder layer {i} output (CLS + patches)",
-        )
-        for i, layer in enumerate(vision_layers)
-    ]
-    hooks.append(
-        HookPoint(
-            "projector.hook_out",
-            inner.multi_modal_projector,
-            "projector",
-            "multi_modal_projector output (image tokens in the LM's space)",
-        )
-    )
-    hooks += [
-        HookPoint(
-            store.hook_name(i, "hook_resid_post"),
-            layer,
-            "lm",
-            f"language_model layer {i} output at the image-token positions",
-        )
-        for i, layer in enumerate(lm_layers)
-    ]
-    n_patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
-    strategy = getattr(cfg, "vision_feature_select_strategy", "default")
-    n_image_tokens = n_patches if strategy == "default" else n_patches + 1
-    image_token = cfg.image_token_id
-    bos = cfg.get_text_config().bos_token_id
-    prefix = [bos] if bos is not None else []
-
-    def lm_inputs(batch: int):
-        ids = torch.tensor(prefix + [image_token] * n_image_tokens)
-        ids = ids.unsqueeze(0).expand(batch, -1).contiguous()
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    return {
-        "module": model,
-        "hooks": hooks,
-        "forward_fn": _forward_fn(lm_inputs),
-        "lm_inputs": lm_inputs,
-        "image_token_id": image_token,
-    }
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError):
+        return
+    processor.save_pretrained(out)
 
 
-def _forward_fn(lm_inputs):
-    def forward(model, pixels):
-        return model(pixel_values=pixels, **lm_inputs(pixels.shape[0]))
-
-    return forward
-
-
-class HFVLMBackend(VisionBackend):
-    """LLaVA-style VLMs (vision tower -> projector -> LM) through transformers."""
+class HFBackend(VisionBackend):
+    """transformers vision encoders and VLMs; the family comes from config.json."""
 
     name = "hf"
     fallback = True
 
     def claims(self, spec: ModelSpec) -> bool:
-        return True  # any other vision source: a transformers VLM folder or hub id
+        return True  # any other vision source: a transformers folder or hub id
 
     def prepare(self, spec: ModelSpec, out: Path) -> dict:
-        return _prepare_hf_vlm(spec, out)
+        return _prepare_hf(spec, out)
 
     def build(self, model_dir: Path, facts: dict) -> dict:
-        return _load_hf_vlm(model_dir)
+        fam = family_for(facts["architecture"], model_dir.name)
+        return fam.build(fam.load(model_dir), facts)
 
 
-register_backend(HFVLMBackend())
+# ---------------------------------------------------------------- shared by the LLaVA families
+def _vision_layers(tower) -> torch.nn.ModuleList:
+    return getattr(tower, "vision_model", tower).encoder.layers  # CLIPVisionModel / Siglip
+
+
+def _prefix(cfg) -> list[int]:
+    bos = cfg.get_text_config().bos_token_id
+    return [bos] if bos is not None else []
+
+
+def _image_hooks(inner, description: str) -> list[HookPoint]:
+    return block_hooks(
+        _vision_layers(inner.vision_tower), "vision.hook_resid_post", "vit", description
+    )
+
+
+class Llava(HFFamily):
+    """LLaVA-1.5: CLIP tower -> 2-layer MLP -> LM; image tokens after BOS."""
+
+    name = "LLaVA-1.5"
+    architectures = ("LlavaForConditionalGeneration",)
+
+    def facts(self, model, where) -> dict:
+        vcfg = model.config.vision_config
+        return {
+            "image_size": int(vcfg.image_size),
+            "n_blocks": model.config.get_text_config().num_hidden_layers,
+            "n_vision_blocks": vcfg.num_hidden_layers,
+        }
+
+    def build(self, model, facts: dict) -> dict:
+        cfg, inner = model.config, model.model
+        hooks = _image_hooks(inner, "vision_tower encoder layer {i} output (CLS + patches)")
+        hooks.append(
+            HookPoint(
+                "projector.hook_out",
+                inner.multi_modal_projector,
+                "projector",
+                "multi_modal_projector output (image tokens in the LM's space)",
+            )
+        )
+        hooks += lm_hooks(inner.language_model)
+        n_patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+        strategy = getattr(cfg, "vision_feature_select_strategy", "default")
+        n_image_tokens = n_patches if strategy == "default" else n_patches + 1
+        lm_inputs = fixed_inputs(_prefix(cfg) + [cfg.image_token_id] * n_image_tokens)
+        return {
+            "module": model,
+            "hooks": hooks,
+            "forward_fn": lm_forward(lm_inputs),
+            "lm_inputs": lm_inputs,
+            "image_token_id": cfg.image_token_id,
+        }
+
+
+class LlavaNext(HFFamily):
+    """LLaVA-NeXT (anyres tiles, spatial unpad, row newlines) and LLaVA-OneVision."""
+
+    name = "LLaVA-NeXT"
+    architectures = ("LlavaNextForConditionalGeneration",)
+
+    def facts(self, model, where) -> dict:
+        cfg = model.config
+        base = int(cfg.vision_config.image_size)
+        squares = [h for h, w in cfg.image_grid_pinpoints if h == w and h > base]
+        side = min(squares) if squares else base
+        return {
+            "image_size": side,  # the stimuli are resized to this side, then tiled
+            "tile_size": base,
+            "n_tiles": 1 + (side // base) ** 2,
+            "n_blocks": cfg.get_text_config().num_hidden_layers,
+            "n_vision_blocks": cfg.vision_config.num_hidden_layers,
+        }
+
+    def build(self, model, facts: dict) -> dict:
+        cfg, inner = model.config, model.model
+        side, tile, n_tiles = int(facts["image_size"]), int(facts["tile_size"]), facts["n_tiles"]
+
+        def tiles(pixels):
+            """[B, 3, side, side] -> {pixel_values [B, tiles, 3, tile, tile], image_sizes}."""
+            B = pixels.shape[0]
+            base = F.interpolate(pixels, size=(tile, tile), mode="bicubic", align_corners=False)
+            k = side // tile
+            grid = pixels.unfold(2, tile, tile).unfold(3, tile, tile)  # [B, 3, k, k, t, t]
+            grid = grid.permute(0, 2, 3, 1, 4, 5).reshape(B, k * k, 3, tile, tile)
+            return {
+                "pixel_values": torch.cat([base[:, None], grid], dim=1),
+                "image_sizes": torch.tensor([[side, side]] * B, device=pixels.device),
+            }
+
+        def per_image(start):
+            def to_tokens(x):  # [B*tiles, seq, d] -> [B, tiles*(seq-start), d]
+                return x[:, start:].reshape(-1, n_tiles * (x.shape[1] - start), x.shape[-1])
+
+            def from_tokens(t, x):
+                new = x.clone()
+                new[:, start:] = t.reshape(x.shape[0], -1, x.shape[-1]).to(x.dtype)
+                return new
+
+            return to_tokens, from_tokens
+
+        tower = getattr(inner.vision_tower, "vision_model", inner.vision_tower)
+        cls_tokens = 1 if hasattr(tower.embeddings, "class_embedding") else 0  # CLIP, not SigLIP
+        hooks = [
+            HookPoint(
+                h.name, add_view(h.module, *per_image(cls_tokens)), "projector", h.description
+            )
+            for h in _image_hooks(inner, "vision_tower layer {i} output, patches of every tile")
+        ]
+        hooks.append(
+            HookPoint(
+                "projector.hook_out",
+                add_view(inner.multi_modal_projector, *per_image(0)),
+                "projector",
+                "multi_modal_projector output: every tile's image tokens (base tile first)",
+            )
+        )
+        hooks += lm_hooks(inner.language_model)
+        with torch.no_grad():
+            param = next(model.parameters())
+            probe = tiles(torch.zeros(1, 3, side, side, dtype=param.dtype))
+            feats = inner.get_image_features(**probe, return_dict=True).pooler_output
+        n_image_tokens = int(feats[0].shape[0])
+        lm_inputs = fixed_inputs(_prefix(cfg) + [cfg.image_token_id] * n_image_tokens)
+        return {
+            "module": PixelInputs(model, tiles),
+            "hooks": hooks,
+            "forward_fn": lm_forward(lm_inputs),
+            "lm_inputs": lm_inputs,
+            "image_token_id": cfg.image_token_id,
+        }
+
+
+class LlavaOnevision(LlavaNext):
+    name = "LLaVA-OneVision"
+    architectures = ("LlavaOnevisionForConditionalGeneration",)
+
+
+register_hf_family(Llava())
+register_hf_family(LlavaNext())
+register_hf_family(LlavaOnevision())
+register_backend(HFBackend())

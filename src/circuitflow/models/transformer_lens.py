@@ -8,6 +8,7 @@ names are TransformerLens's own (``blocks.8.hook_resid_pre``, ``blocks.3.attn.ho
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -84,6 +85,12 @@ def _load_pretrained(spec: ModelSpec, workdir: Path):
         )
     else:
         where = spec.source
+    config_json = Path(where) / "config.json"
+    if not kwargs and config_json.is_file():
+        from circuitflow.models.hf_families import check_causal_lm
+
+        architectures = json.loads(config_json.read_text()).get("architectures") or ["unknown"]
+        check_causal_lm(spec.name, architectures[0])
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16, **kwargs)

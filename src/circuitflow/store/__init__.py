@@ -148,7 +148,7 @@ SITES = ("hook_resid_pre", "hook_resid_post")
 # as layer 0 of its own stage, site ``projector.hook_out``. Hooks run in stage order (STAGES:
 # the towers' blocks, the projector, the LM's blocks), then by layer.
 VISION_SITES = ("hook_out",)
-TOWERS = ("vision",)
+TOWERS = ("vision", "qformer", "perceiver")
 PROJECTOR = "projector"
 PROJECTOR_HOOK = f"{PROJECTOR}.hook_out"
 STAGES = (*TOWERS, PROJECTOR, "")  # "" = the model's own (language model / encoder) blocks

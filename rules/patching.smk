@@ -73,7 +73,10 @@ rule patch_model:
 rule patch_vision:
     """Patch the original photo's activations (the attribute direction's component, or the
     whole hook output) into its poor variants at each hook up to the readout; recovery of the
-    attribute probe's readout vs random-direction controls."""
+    attribute probe's readout vs random-direction controls. VLMs read out in the LM: each
+    LM head's hook_z (AtP screen on train pairs, top-k patched exactly on test pairs) vs a
+    same-norm random difference in that head, and its attention mass on the image tokens.
+    """
     input:
         dataset=store.DATASET_DIR,
         model=store.MODEL_DIR,
@@ -83,6 +86,8 @@ rule patch_vision:
     output:
         recovery=f"{store.PATCHING_DIR}/recovery.csv",
         measurements=f"{store.PATCHING_DIR}/{store.MEASUREMENTS_FILE}",
+        heads=f"{store.PATCHING_DIR}/heads.csv",
+        head_recovery=f"{store.PATCHING_DIR}/head_recovery.csv",
     log:
         "logs/patch_vision/{dataset}/{model}.log",
     wildcard_constraints:

@@ -2,6 +2,7 @@
 weights, readouts and directions (no weights from disk)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tiny_models import build_clip_folder
@@ -11,6 +12,7 @@ from circuitflow import steering as sv
 from circuitflow.core import ridge
 from circuitflow.models import readout as ro
 from circuitflow.patching import vision as pv
+from circuitflow.patching import vision_heads as vh
 from circuitflow.workflow import schema_defaults
 
 D, SIZE = 6, 8
@@ -433,3 +435,194 @@ def test_patching_measurements_are_per_source_photo():
     treated = [r for r in m if r["arm"] == "treatment" and r["layer"] == 0]
     assert sorted(r["unit"] for r in treated) == ["p0", "p0", "p1", "p1"]
     assert len([r for r in m if r["arm"] == "control" and r["layer"] == 0]) == 2 * 4
+
+
+# ---------------------------------------------------------------- LM heads of a VLM
+READ = "blocks.2.hook_resid_post"  # the tiny assembled VLM's last LM layer (3 layers, 4 heads)
+
+
+def _tiny_vlm(root, name="tiny-vlm"):
+    from test_workflow_vision import _assembled_vlm
+
+    spec = models.ModelSpec(name, _assembled_vlm(root), family="vlm", backend="assembled")
+    models.prepare_model(spec, root / "vlm")
+    return models.load_vision_model(root / "vlm", name)
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    return _tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+
+
+def _vlm_readout(vm, attribute="exposure", seed=0):
+    d = vm.module.lm.config.hidden_size
+    w = np.random.default_rng(seed).standard_normal(d)
+    return {attribute: ro.Readout(attribute, READ, "mean", w, 0.0, 1.0, 1.0)}
+
+
+def _vlm_pairs(n=3, attribute="exposure"):
+    """Photo k: poor image 2k, original 2k + 1."""
+    return [ro.ImagePair(f"p{k}.poor", f"p{k}", attribute, 1.0, 2 * k, 2 * k + 1) for k in range(n)]
+
+
+def _attn_out(vm, layer, fns, px):
+    """The attention output [B, T, d] of ``layer`` in a pass with z edits ``fns``."""
+    runner = ro.runner_for(vm, _vlm_readout(vm), None, "mean")
+    sites = vh.head_sites(vm, READ)
+    got = {}
+    handle = sites[layer].attn.register_forward_hook(
+        lambda m, a, out: got.__setitem__("x", out[0].detach().clone())
+    )
+    try:
+        with vh.z_hooks(sites, fns):
+            runner.read(px)
+    finally:
+        handle.remove()
+    return got["x"], runner, sites
+
+
+def test_head_sites_and_hook_z_shapes(tiny_vlm):
+    vm = tiny_vlm
+    sites = vh.head_sites(vm, READ)
+    assert [(s.layer, s.n_heads, s.d_head) for s in sites] == [(0, 4, 16), (1, 4, 16), (2, 4, 16)]
+    assert vh.head_sites(vm, "blocks.0.hook_resid_post")[0].layer == 0
+    assert vh.head_sites(vm, "projector.hook_out") == []  # no LM head before the readout
+    runner = ro.runner_for(vm, _vlm_readout(vm), None, "mean")
+    px = runner.pixels(_images(2))
+    zs, pooled = vh.capture_z(runner, sites, px)
+    n_img = vm.module.n_image_tokens
+    assert {k: tuple(z.shape) for k, z in zs.items()} == {
+        i: (2, 1 + n_img, 4, 16) for i in range(3)
+    }
+    assert pooled.shape == (2, 64)
+
+
+def test_patching_every_head_of_a_layer_gives_the_good_attention_output(tiny_vlm):
+    """All heads of layer 1 from the good run: that layer's attention output is the good
+    run's at every position; one head: the output moves by exactly (z_good - z_poor)_h W_O[h]."""
+    vm = tiny_vlm
+    images = _images(4, seed=5)
+    runner = ro.runner_for(vm, _vlm_readout(vm), None, "mean")
+    poor, good = runner.pixels(images[:2]), runner.pixels(images[2:])
+    sites = vh.head_sites(vm, READ)
+    zg, _ = vh.capture_z(runner, sites, good)
+    zp, _ = vh.capture_z(runner, sites, poor)
+    mask = runner.image_mask(2)
+    a_good, _, _ = _attn_out(vm, 1, {}, good)
+    a_poor, _, _ = _attn_out(vm, 1, {}, poor)
+    assert (a_good - a_poor).abs().max() > 1e-3
+
+    def all_heads(z):
+        for h in range(4):
+            z = vh.head_patch(zg[1], h, mask)(z)
+        return z
+
+    a_all, _, _ = _attn_out(vm, 1, {1: all_heads}, poor)
+    torch.testing.assert_close(a_all, a_good, atol=1e-5, rtol=1e-5)
+    a_one, _, _ = _attn_out(vm, 1, {1: vh.head_patch(zg[1], 2, mask)}, poor)
+    W = sites[1].out_proj.weight[:, 32:48]  # [d, d_head] of head 2
+    expected = a_poor + (zg[1][:, :, 2] - zp[1][:, :, 2]) @ W.T
+    torch.testing.assert_close(a_one, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_random_head_difference_has_the_norm_of_the_patch_in_that_head_only(tiny_vlm):
+    vm = tiny_vlm
+    runner = ro.runner_for(vm, _vlm_readout(vm), None, "mean")
+    sites = vh.head_sites(vm, READ)
+    images = _images(4, seed=1)
+    zg, _ = vh.capture_z(runner, sites, runner.pixels(images[2:]))
+    zp, _ = vh.capture_z(runner, sites, runner.pixels(images[:2]))
+    mask = runner.image_mask(2)
+    flat = zp[0].flatten(2)
+    moved = vh.random_head_difference(zg[0], 1, mask, seed=7)(flat).view_as(zp[0])
+    again = vh.random_head_difference(zg[0], 1, mask, seed=7)(flat).view_as(zp[0])
+    torch.testing.assert_close(moved, again)
+    others = [0, 2, 3]
+    torch.testing.assert_close(moved[:, :, others], zp[0][:, :, others])
+    torch.testing.assert_close(moved[:, 0], zp[0][:, 0])  # BOS is not an image token
+    step = (moved - zp[0])[:, :, 1].flatten(1).norm(dim=1)
+    want = (zg[0] - zp[0])[:, :, 1].flatten(1).norm(dim=1)
+    torch.testing.assert_close(step, want, rtol=1e-4, atol=1e-6)
+
+
+def test_planted_head_is_the_top_of_the_screen_and_the_only_exact_recovery(tmp_path):
+    """Every head's W_O zeroed but layer 1 head 2's: the screen ranks (1, 2) first, exact
+    patching of any other head recovers exactly 0, the planted one does not."""
+    vm = _tiny_vlm(tmp_path, "planted")
+    with torch.no_grad():
+        for s in vh.head_sites(vm, READ):
+            for h in range(s.n_heads):
+                if (s.layer, h) != (1, 2):
+                    s.out_proj.weight[:, h * 16 : (h + 1) * 16] = 0.0
+    images, pairs, readouts = _images(6, seed=2), _vlm_pairs(3), _vlm_readout(vm, seed=4)
+    screen = vh.screen_heads(vm, images, pairs, readouts, "mean", 0.0)
+    assert len(screen) == 3 * 12 and screen["valid"].all()
+    planted = (screen.layer == 1) & (screen["head"] == 2)
+    assert (screen.loc[~planted, "atp"] == 0).all() and (screen.loc[planted, "atp"] != 0).all()
+    ranked = vh.rank_heads(screen, top_k=1)
+    top = ranked[ranked.selected]
+    assert list(zip(top.layer, top["head"], strict=True)) == [(1, 2)]
+    every = {"exposure": [(s, h) for s in range(3) for h in range(4)]}
+    rows = vh.run_head_patching(vm, images, pairs, readouts, every, "mean", 0.0, 1)
+    t = pd.DataFrame(rows)
+    assert len(t) == 3 * 12 * 2 and t["valid"].all() and list(t.columns) == vh.PAIR_COLUMNS
+    treated = t[t.arm == "treatment"]
+    hit = (treated.layer == 1) & (treated["head"] == 2)
+    np.testing.assert_allclose(treated.loc[~hit, "recovery"], 0.0, atol=1e-5)
+    assert (treated.loc[hit, "recovery"].abs() > 1e-3).all()
+    # the patch of the planted head agrees in sign with its first-order estimate
+    est = screen[planted].set_index("unit")["atp_recovery"]
+    got = treated[hit].set_index("unit")["recovery"]
+    assert (np.sign(est) == np.sign(got[est.index])).all()
+    mass = vh.attention_mass(ro.runner_for(vm, readouts, None, "mean"), vh.head_sites(vm, READ),
+                             ro.runner_for(vm, readouts, None, "mean").pixels(images[1::2]))  # fmt: skip
+    table = vh.heads_table(ranked, rows, mass.mean(0), 0.5)
+    assert list(table.columns) == vh.HEAD_COLUMNS and len(table) == 12
+    row = table[(table.layer == 1) & (table["head"] == 2)].iloc[0]
+    assert row["rank"] == 1 and row["n_test_pairs"] == 3
+    np.testing.assert_allclose(row["recovery"], got.mean())
+    m = vh.head_measurement_rows(rows, "d", "planted", "mean", READ)
+    assert {r["unit"] for r in m} == {"p0", "p1", "p2"} and {r["unit_kind"] for r in m} == {"photo"}
+    assert {r["site"] for r in m} == {"attn.hook_z"} and {r["metric"] for r in m} == {vh.METRIC}
+    assert all(f"control={vh.CONTROL}" in r["setting"] for r in m)
+    assert sum(r["arm"] == "baseline" and r["value"] == 0.0 for r in m) == 3 * 12
+
+
+def test_attention_mass_on_image_tokens_is_one_minus_the_mass_on_bos(tiny_vlm):
+    vm = tiny_vlm
+    runner = ro.runner_for(vm, _vlm_readout(vm), None, "mean")
+    px = runner.pixels(_images(2, seed=3))
+    mass = vh.attention_mass(runner, vh.head_sites(vm, READ), px)
+    assert mass.shape == (2, 3, 4)
+    vlm = vm.module
+    ids = vlm.lm_inputs(2)["input_ids"]
+    embeds = vlm.embed(ids, vlm.projector(vlm.encode(px)))
+    vlm.lm.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            att = vlm.lm(inputs_embeds=embeds, output_attentions=True).attentions
+    finally:
+        vlm.lm.config._attn_implementation = "sdpa"
+    for layer in range(3):
+        on_bos = att[layer][:, :, 1:, 0].double().mean(-1).numpy()  # image queries -> BOS
+        np.testing.assert_allclose(mass[:, layer], 1.0 - on_bos, atol=1e-5)
+    mask = torch.tensor([False, True, True])
+    assert vh.uniform_image_mass(mask) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_identical_good_and_poor_images_give_no_valid_pairs(tiny_vlm):
+    vm = tiny_vlm
+    images, readouts = _images(3, seed=6), _vlm_readout(vm)
+    same = [ro.ImagePair(f"p{k}.poor", f"p{k}", "exposure", 1.0, k, k) for k in range(3)]
+    screen = vh.screen_heads(vm, images, same, readouts, "mean", 0.0)
+    assert not screen["valid"].any() and screen["atp_recovery"].isna().all()
+    assert vh.rank_heads(screen, 4).empty
+    every = {"exposure": [(0, 0), (2, 3)]}
+    rows = vh.run_head_patching(vm, images, same, readouts, every, "mean", 0.0, 1)
+    assert rows == [] and vh.head_measurement_rows(rows, "d", "m", "mean", READ) == []
+
+
+def test_head_config_defaults_come_from_the_schema():
+    cfg = vh.VisionHeadConfig.from_config(schema_defaults("vision"))
+    assert (cfg.top_k, cfg.random_seeds) == (8, 1)
+    assert vh.VisionHeadConfig.from_config({"patching": {"heads": {"top_k": 3}}}).top_k == 3

@@ -175,7 +175,9 @@ def test_effect_sizes_have_vision_patching_and_steering_rows_for_each_model(run)
         part = table[table.phase == phase]
         assert set(part.model) == {"tiny-clip", *VLMS}, phase
     patching = table[table.phase == "patching"]
-    assert set(patching.metric) == {"recovery"}
+    assert set(patching[patching.model == "tiny-clip"].metric) == {"recovery"}
+    # the VLMs' LM heads are patched at the image tokens too
+    assert set(patching.metric) == {"recovery", "image_head_patch_recovery"}
     assert {"vs_baseline", "vs_random_control"} <= set(patching.comparison)
     steering = table[table.phase == "steering"]
     assert set(steering.condition) == {"exposure", "contrast"}

@@ -194,3 +194,31 @@ def test_aadb_manifest_without_score_column_names_the_file(tmp_path):
     path = _write_para(tmp_path, ["ImageFile,Light", "imgs/a.jpg,0.2"])
     with pytest.raises(images.ImageDatasetError, match=r"para\.csv:1: no overall column"):
         manifests.load_score_manifest(path, "aadb")
+
+
+def test_generic_manifest_with_renamed_columns(tmp_path):
+    path = _write_para(
+        tmp_path,
+        ["file,mos,light_mos", "imgs/a.jpg,3.5,4", "imgs/b.jpg,2.0,1.5", "imgs/c.jpg,4.5,5"],
+    )
+    rows = manifests.load_score_manifest(
+        path, "generic", columns={"overall": "mos", "lighting": "light_mos"}
+    )
+    assert [r["overall"] for r in rows] == [3.5, 2.0, 4.5]
+    assert [r["lighting"] for r in rows] == [4.0, 1.5, 5.0]
+    assert "composition" not in rows[0] and rows[1]["path"].endswith("imgs/b.jpg")
+    built, ims = manifests.build_manifest_dataset(
+        path, "generic", 32, 0.34, seed=0, columns={"overall": "mos"}
+    )
+    assert ims.shape == (3, 32, 32, 3) and [r["label"] for r in built] == ["mid", "low", "high"]
+
+
+def test_generic_manifest_names_a_missing_configured_column(tmp_path):
+    path = _write_para(tmp_path, ["path,overall", "imgs/a.jpg,3", "imgs/b.jpg,2"])
+    with pytest.raises(images.ImageDatasetError) as info:
+        manifests.load_score_manifest(path, "generic", columns={"color": "colour_mos"})
+    assert str(info.value) == (
+        f"{path}:1: no column 'colour_mos' (manifest columns.color); the header has path, overall"
+    )
+    with pytest.raises(images.ImageDatasetError, match="columns key 'hue' is not one of"):
+        manifests.load_score_manifest(path, "generic", columns={"hue": "h"})

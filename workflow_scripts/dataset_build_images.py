@@ -10,7 +10,13 @@ def main(smk):
     if p.kind == "image_manifest":
         m = p.manifest
         rows, ims = datasets.build_manifest_dataset(
-            m["csv"], m["layout"], p.images["size"], p.test_fraction, p.seed, m.get("image_root")
+            m["csv"],
+            m["layout"],
+            p.images["size"],
+            p.test_fraction,
+            p.seed,
+            m.get("image_root"),
+            m.get("columns"),
         )
         unknown = sorted({r["label"] for r in rows} - set(p.labels))
         if unknown:

@@ -1,4 +1,4 @@
-"""Scored photographs from PARA- or AADB-style CSV manifests, as image datasets.
+"""Scored photographs from CSV manifests (PARA, AADB or a generic layout), as image datasets.
 
 Each row of the CSV names an image and its overall and attribute scores; the dataset labels
 images ``high`` / ``mid`` / ``low`` by overall-score tertile and splits by image, with the same
@@ -38,22 +38,41 @@ MANIFEST_LAYOUTS = {
         "lighting": ["Light", "lighting"],
         "color": ["ColorHarmony", "color"],
     },
+    # any CSV: a path column and score columns named as here, or renamed by ``columns``
+    "generic": {
+        "image": ["image", "path", "file"],
+        "overall": ["overall", "score"],
+        "composition": ["composition"],
+        "lighting": ["lighting"],
+        "color": ["color"],
+    },
 }
 SCORE_KEYS = ("overall", "composition", "lighting", "color")
 
 
 def load_score_manifest(
-    path: str | Path, layout: str = "para", image_root: str | Path | None = None
+    path: str | Path,
+    layout: str = "para",
+    image_root: str | Path | None = None,
+    columns: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Rows ``{image, path, overall, composition, lighting, color}`` of a PARA- or AADB-style
-    CSV; image paths are relative to ``image_root`` (default: the CSV's folder). Errors name
-    the file and line."""
+    """Rows ``{image, path, overall, composition, lighting, color}`` of a scored CSV in one of
+    MANIFEST_LAYOUTS; ``columns`` names the CSV header of any of those keys (it replaces the
+    layout's aliases for that key). Image paths are relative to ``image_root`` (default: the
+    CSV's folder). Errors name the file and line."""
     path = Path(path)
     if layout not in MANIFEST_LAYOUTS:
         raise ImageDatasetError(
             f"{path}: unknown manifest layout {layout!r}; known: {', '.join(MANIFEST_LAYOUTS)}"
         )
-    aliases = MANIFEST_LAYOUTS[layout]
+    unknown = sorted(set(columns or {}) - {"image", "session", *SCORE_KEYS})
+    if unknown:
+        raise ImageDatasetError(
+            f"{path}: manifest columns key {unknown[0]!r} is not one of image, session, "
+            f"{', '.join(SCORE_KEYS)}"
+        )
+    configured = dict(columns or {})
+    aliases = {**MANIFEST_LAYOUTS[layout], **{k: [v] for k, v in configured.items()}}
     root = Path(image_root) if image_root else path.parent
     try:
         fh = open(path, newline="")
@@ -65,6 +84,11 @@ def load_score_manifest(
         columns = {}
         for key, names in aliases.items():
             found = next((n for n in names if n in header), None)
+            if found is None and key in configured:
+                raise ImageDatasetError(
+                    f"{path}:1: no column {configured[key]!r} (manifest columns.{key}); the header "
+                    f"has {', '.join(header)}"
+                )
             if found is None and key in ("image", "overall"):
                 raise ImageDatasetError(
                     f"{path}:1: no {key} column for layout {layout!r}; expected one of "
@@ -116,10 +140,11 @@ def build_manifest_dataset(
     test_fraction: float,
     seed: int,
     image_root: str | Path | None = None,
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[dict], np.ndarray]:
     """Real scored photographs: label ``high`` / ``low`` / ``mid`` by overall-score tertile
     (baseline ``low``), the overall and attribute scores as levels; split by image."""
-    scored = load_score_manifest(path, layout, image_root)
+    scored = load_score_manifest(path, layout, image_root, columns)
     overall = np.array([r["overall"] for r in scored])
     lo, hi = np.quantile(overall, [1 / 3, 2 / 3])
     splits = split_sources([r["image"] for r in scored], test_fraction, seed)

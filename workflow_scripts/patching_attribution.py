@@ -31,7 +31,12 @@ def main(smk):
     table.insert(0, "model", p.model)
     table.insert(0, "dataset", p.dataset)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / patching.ATTRIBUTION_FILE, index=False, float_format="%.6g")
+    table.to_csv(
+        out / patching.ATTRIBUTION_FILE,
+        index=False,
+        float_format="%.6g",
+        compression={"method": "gzip", "mtime": 0},  # no timestamp: reruns give the same bytes
+    )
     chosen = patching.screen(table, acfg, p.seed)
     chosen.to_csv(out / patching.SCREEN_FILE, index=False, float_format="%.6g")
     tested = [f for f in info["exact_frames"] if f not in set(info["screen_frames"])]

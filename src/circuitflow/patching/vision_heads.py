@@ -106,13 +106,15 @@ def head_sites(vm: VisionModel, readout: str) -> list[HeadSite]:
         attn = getattr(block, "self_attn", None)
         if attn is not None and hasattr(attn, "o_proj"):  # Llama, Qwen, Gemma
             proj, d_head = attn.o_proj, int(attn.head_dim)
+        elif attn is not None and hasattr(attn, "out_proj"):  # OPT (BLIP-2), BART-style
+            proj, d_head = attn.out_proj, int(attn.head_dim)
         elif hasattr(getattr(block, "attn", None), "c_proj"):  # GPT-2
             attn = block.attn
             proj, d_head = attn.c_proj, int(attn.head_dim)
         else:
             raise VisionPatchingError(
-                f"model {vm.name!r}: LM layer {layer} has no self_attn.o_proj / attn.c_proj; "
-                "set vision.patching.heads.top_k: 0"
+                f"model {vm.name!r}: LM layer {layer} has no self_attn.o_proj / out_proj / "
+                "attn.c_proj; set vision.patching.heads.top_k: 0"
             )
         width = getattr(proj, "in_features", None) or proj.weight.shape[0]
         sites.append(HeadSite(layer, attn, proj, int(width) // d_head, d_head))

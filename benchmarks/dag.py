@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     alphas[-1] = round(alphas[-1] * 1.5, 6)
     steering["alphas_relative"] = alphas
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=work, delete=False) as f:
-        yaml.safe_dump(config, f)
+        yaml.safe_dump(config, f, sort_keys=False)  # Snakemake compares params as text
     try:
         _, changed = dry_run(work, Path(f.name), 1)
     finally:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Stops the cluster that start.sh started: cancels its jobs, then ends slurmd, slurmctld and
-# munged by the ids in their pid files. Leaves the packages, slurm.conf and the logs.
+# munged by the ids in their pid files, and moves the slurm.conf that start.sh wrote aside:
+# with a slurm.conf and no controller, every `scontrol` waits ~9 s, and the Slurm executor
+# plugin runs one when Snakemake starts. Leaves the packages and the logs.
 set -uo pipefail
 
 STATE=${CIRCUITFLOW_SLURM_STATE:-/var/lib/circuitflow-slurm}
@@ -29,4 +31,8 @@ stop_pid() { # stop_pid PIDFILE: TERM, then KILL after 5 s
 stop_pid "$STATE/slurmd.pid"
 stop_pid "$STATE/slurmctld.pid"
 stop_pid /run/munge/munged.pid
+CONF=/etc/slurm/slurm.conf
+if [ -f "$CONF" ] && head -n 1 "$CONF" | grep -q "written by .ci/slurm/start.sh"; then
+    mv "$CONF" "$CONF.circuitflow-stopped"
+fi
 echo "slurm: stopped"

@@ -27,6 +27,7 @@ from circuitflow import store
 from circuitflow.core.ridge import source_contrast
 from circuitflow.sae.base import SAEError
 from circuitflow.sae.metrics import (
+    feature_arms,
     hook_layer_site,
     label_aurocs,
     sae_measurements,
@@ -162,22 +163,7 @@ def photo_measurements(
     hook, arch = metrics["hook"], metrics["architecture"]
     layer, site = hook_layer_site(hook)
     suffix = "" if null_seed is None else f" labels=permuted{null_seed}"
-    base = te & (labels == baseline)
-    parts = []
-    for r in tests.selected.itertuples(index=False):
-        sel = te & (labels == r.condition)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "arm": np.r_[["treatment"] * int(sel.sum()), ["baseline"] * int(base.sum())],
-                    "unit": np.r_[frames[sel], frames[base]],
-                    "value": np.r_[smax[sel, r.feature], smax[base, r.feature]].astype(float),
-                    "condition": r.condition,
-                    "setting": f"architecture={arch} feature={int(r.feature)}{suffix}",
-                }
-            )
-        )
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    frame = feature_arms(tests.selected, labels, frames, smax, baseline, arch, te, suffix)
     part = f"{hook}/{arch}" if null_seed is None else f"{hook}/{arch}/permuted{null_seed}"
     return sae_measurements(
         frame,

@@ -387,6 +387,38 @@ def annotate_selection(
     return table
 
 
+def feature_arms(
+    selected: pd.DataFrame,
+    labels: np.ndarray,
+    units: np.ndarray,
+    smax: Float[np.ndarray, "sample d_sae"],
+    baseline: str,
+    arch: str,
+    keep: np.ndarray | None = None,
+    suffix: str = "",
+) -> pd.DataFrame:
+    """Per chosen (condition, feature): the max activations of the condition's samples (arm
+    treatment) and the ``baseline`` samples (arm baseline), among the ``keep`` rows (default
+    all), with their ``units``; ``suffix`` ends the setting (e.g. a null's labels)."""
+    keep = np.ones(len(labels), bool) if keep is None else keep
+    base = keep & (labels == baseline)
+    parts = []
+    for r in selected.itertuples(index=False):
+        sel = keep & (labels == r.condition)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "arm": np.r_[["treatment"] * int(sel.sum()), ["baseline"] * int(base.sum())],
+                    "unit": np.r_[units[sel], units[base]],
+                    "value": np.r_[smax[sel, r.feature], smax[base, r.feature]].astype(float),
+                    "condition": r.condition,
+                    "setting": f"architecture={arch} feature={int(r.feature)}{suffix}",
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def feature_measurements(
     selected: pd.DataFrame,
     smax: Float[np.ndarray, "n_samples d_sae"],
@@ -405,22 +437,7 @@ def feature_measurements(
     labels, ids = np.asarray(sample_labels), np.asarray(sample_ids).astype(str)
     hook, arch = metrics["hook"], metrics["architecture"]
     layer, site = hook_layer_site(hook)
-    base = labels == baseline
-    frames = []
-    for r in selected.itertuples(index=False):
-        sel = labels == r.condition
-        frames.append(
-            pd.DataFrame(
-                {
-                    "arm": np.r_[["treatment"] * int(sel.sum()), ["baseline"] * int(base.sum())],
-                    "unit": np.r_[ids[sel], ids[base]],
-                    "value": np.r_[smax[sel, r.feature], smax[base, r.feature]].astype(float),
-                    "condition": r.condition,
-                    "setting": f"architecture={arch} feature={int(r.feature)}",
-                }
-            )
-        )
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frame = feature_arms(selected, labels, ids, smax, baseline, arch)
     return sae_measurements(
         frame,
         metrics,

@@ -127,7 +127,7 @@ QF = ["qformer.blocks.0.hook_cross_attn_out", "qformer.blocks.0.hook_resid_post"
       "qformer.blocks.1.hook_cross_attn_out", "qformer.blocks.1.hook_resid_post"]  # fmt: skip
 # (hook, kind, n_tokens, d_model) in forward order
 TILES = [
-    *[(h, "projector", 5 * 16, 32) for h in V],
+    *[(h, "projector", 5 * (16 + 1), 32) for h in V],  # CLS + patches of every tile
     ("projector.hook_out", "projector", 80, 48),
     *[(h, "lm", 16 + 8 * (8 + 1), 48) for h in LM],
 ]  # base tile + 8 rows of 8 + newline
@@ -145,7 +145,7 @@ QWEN = [
 EXPECTED = {
     "hf-clip": [(f"blocks.{i}.hook_resid_post", "vit", 16, 32) for i in range(2)],
     "llava-next": TILES,
-    "llava-onevision": TILES,
+    "llava-onevision": [(h, k, 5 * 16 if h in V else n, d) for h, k, n, d in TILES],  # SigLIP
     "blip2": QFORMER,
     "minigpt4-shape": QFORMER,
     "instructblip": [r for r in QFORMER if r[0] != "qformer.blocks.1.hook_cross_attn_out"],

@@ -134,6 +134,23 @@ def test_input_key_plain_file_and_artifact(tmp_path, artifact_dir, input_file):
     }
 
 
+def test_input_key_of_a_plain_folder_follows_its_files(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(b"a")
+    (photos / "sub" / "b.jpg").write_bytes(b"b")
+    key = store.input_key(photos)
+    assert key.startswith("sha256:") and store.keyable_inputs([photos])["inputs"] == [photos]
+    (photos / "sub" / "b.jpg").write_bytes(b"B")
+    changed = store.input_key(photos)
+    (photos / "sub" / "b.jpg").rename(photos / "b.jpg")
+    assert len({key, changed, store.input_key(photos)}) == 3  # contents and names both count
+    (photos / "b.jpg").write_bytes(b"b")
+    (photos / "sub" / "b.jpg").write_bytes(b"b")
+    (photos / "b.jpg").unlink()
+    assert store.input_key(photos) == key
+
+
 def test_input_key_of_nothing_raises(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="input has neither a manifest nor file content"):

@@ -7,9 +7,11 @@ Hook points of every VLM family: ``vision.blocks.{i}.hook_resid_post`` (vision t
 ``(S / patch)^2`` tokens after BOS. LLaVA-NeXT / OneVision (anyres): the stimulus is resized to
 the smallest square of ``image_grid_pinpoints`` larger than one tile (672 px = 2 x 2 tiles of
 336 for LLaVA-NeXT, 768 = 2 x 2 x 384 for OneVision), cut into tiles of the tower's size plus a
-downscaled base tile; tower and projector hooks hold every tile's patches ``[B, tiles x
-patches, d]`` (base tile first, CLS tokens left out), and the LM's image tokens are the packed
-features (base, then the tile grid row by row with a newline token after each row).
+downscaled base tile; tower hooks hold every tile's whole layer output ``[B, tiles x (CLS +
+patches), d]`` (base tile first; SigLIP towers have no CLS), so that patching a tower site
+replaces all the later layers attend to; the projector hook holds every tile's image tokens,
+and the LM's image tokens are the packed features (base, then the tile grid row by row with a
+newline token after each row).
 """
 
 from __future__ import annotations
@@ -220,29 +222,24 @@ class LlavaNext(HFFamily):
                 "image_sizes": torch.tensor([[side, side]] * B, device=pixels.device),
             }
 
-        def per_image(start):
-            def to_tokens(x):  # [B*tiles, seq, d] -> [B, tiles*(seq-start), d]
-                return x[:, start:].reshape(-1, n_tiles * (x.shape[1] - start), x.shape[-1])
+        def to_tokens(x):  # [B*tiles, seq, d] -> [B, tiles*seq, d]
+            return x.reshape(-1, n_tiles * x.shape[1], x.shape[-1])
 
-            def from_tokens(t, x):
-                new = x.clone()
-                new[:, start:] = t.reshape(x.shape[0], -1, x.shape[-1]).to(x.dtype)
-                return new
+        def from_tokens(t, x):
+            return t.reshape(x.shape).to(x.dtype)
 
-            return to_tokens, from_tokens
-
-        tower = getattr(inner.vision_tower, "vision_model", inner.vision_tower)
-        cls_tokens = 1 if hasattr(tower.embeddings, "class_embedding") else 0  # CLIP, not SigLIP
         hooks = [
             HookPoint(
-                h.name, add_view(h.module, *per_image(cls_tokens)), "projector", h.description
+                h.name, add_view(h.module, to_tokens, from_tokens), "projector", h.description
             )
-            for h in _image_hooks(inner, "vision_tower layer {i} output, patches of every tile")
+            for h in _image_hooks(
+                inner, "vision_tower layer {i} output, CLS (CLIP) + patches of every tile"
+            )
         ]
         hooks.append(
             HookPoint(
                 "projector.hook_out",
-                add_view(inner.multi_modal_projector, *per_image(0)),
+                add_view(inner.multi_modal_projector, to_tokens, from_tokens),
                 "projector",
                 "multi_modal_projector output: every tile's image tokens (base tile first)",
             )

@@ -22,6 +22,8 @@ from circuitflow.models.registry import (
     register_backend,
 )
 
+DESCRIBE_POSITIONS = 7  # tokens of describe's probe prompt; no model dimension is 7
+
 
 # ---------------------------------------------------------------- packaged GGUF weights
 def _smollm2_gguf(workdir: Path) -> Path:
@@ -161,10 +163,58 @@ class TransformerLensBackend(Backend):
         return load_bridge(model_dir, dtype=dtype, device=device)
 
     def describe(self, model) -> list[dict]:
-        return [
-            {"hook": name, "module": type(point).__name__}
-            for name, point in sorted(model.hook_dict.items())
-        ]
+        """One row per hook point (sorted): layer, site, the activation's shape after the
+        batch dimension on a probe prompt (``pos`` marks the position axes), ``d_model`` where
+        the last axis is the residual stream, and the module; hooks the forward pass never
+        calls, or that need a ``set_use_*`` switch first (``hook_attn_in``), have no shape."""
+        import torch
+
+        from circuitflow import store
+
+        bos = model.tokenizer.bos_token_id
+        ids = torch.arange(3, 3 + DESCRIBE_POSITIONS)[None] % model.cfg.d_vocab
+        if bos is not None:
+            ids[0, 0] = bos
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def keep(name):
+            def hook_fn(x, hook):
+                if isinstance(x, torch.Tensor):
+                    shapes.setdefault(name, tuple(x.shape[1:]))
+
+            return hook_fn
+
+        names = sorted(model.hook_dict)
+        live = [n for n in names if _can_hook(model, n)]
+        with torch.no_grad(), model.hooks(fwd_hooks=[(n, keep(n)) for n in live]):
+            model(ids.to(model.cfg.device))
+        rows = []
+        for name in names:
+            try:
+                layer, site = store.parse_hook_name(name)
+            except ValueError:
+                layer, site = -1, name
+            shape = shapes.get(name, ())
+            dims = ["pos" if n == DESCRIBE_POSITIONS else str(n) for n in shape]
+            rows.append(
+                {
+                    "hook": name,
+                    "layer": layer,
+                    "site": site,
+                    "shape": " x ".join(dims),
+                    "d_model": model.cfg.d_model if shape[-1:] == (model.cfg.d_model,) else None,
+                    "module": type(model.hook_dict[name]).__name__,
+                }
+            )
+        return rows
+
+
+def _can_hook(model, name: str) -> bool:
+    try:
+        model.check_hooks_to_add(name)
+    except ValueError:
+        return False
+    return True
 
 
 register_backend(TransformerLensBackend())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -245,10 +246,13 @@ def write_samples(dataset_dir: str | os.PathLike, rows: Iterable[Mapping]) -> Pa
 
 
 # ---------------------------------------------------------------- Zarr stores
+# Snakemake marks a directory() output with a .snakemake_timestamp file; in a Zarr store it is
+# expected, so listing the store's members says nothing about it.
+warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized")
+
+
 def ignore_unstable_dtype_warning() -> None:
     # Fixed-width unicode coordinates are not yet in the zarr v3 spec; xarray reads them fine.
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 
 

@@ -129,6 +129,10 @@ def input_key(path: str | os.PathLike) -> str:
         return read_manifest(path)["key"]
     if path.is_file():
         return "sha256:" + sha256_file(path)
+    if path.is_dir():  # a plain folder (e.g. of photos): its files' names and contents
+        files = {str(f.relative_to(path)): sha256_file(f) for f in _artifact_files(path)}
+        if files:
+            return "sha256:" + sha256_json(files)
     raise FileNotFoundError(f"{path}: input has neither a manifest nor file content to hash")
 
 
@@ -312,7 +316,7 @@ def claimed(path: str | os.PathLike) -> bool:
 def keyable_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, list[Path]]:
     """A job's inputs that have a key (an artifact, or a file), for a manifest's ``inputs``."""
     paths = [Path(p) for p in paths]
-    return {"inputs": [p for p in paths if has_manifest(p) or p.is_file()]}
+    return {"inputs": [p for p in paths if has_manifest(p) or p.exists()]}
 
 
 def artifacts_under(top: str | os.PathLike) -> tuple[list[Path], list[Path]]:

@@ -10,6 +10,7 @@ import torch
 from tiny_models import (
     IMAGE_TOKEN_ID,
     build_blip2_folder,
+    build_gemma3_multimodal_folder,
     build_hf_clip_folder,
     build_idefics_folder,
     build_llava_folder,
@@ -94,6 +95,27 @@ def test_qwen3_patching_a_whole_site_reproduces_clean_logits(qwen3):
     good = clean_seen["blocks.2.hook_resid_post"]
     patched, _ = _run(qwen3, corrupted, [("blocks.2.hook_resid_post", lambda x, hook: good)])
     torch.testing.assert_close(patched, clean_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_multimodal_gemma3_checkpoint_as_causal_lm_is_its_language_model(tmp_path):
+    """gemma-3-12b-it's layout (Gemma3ForConditionalGeneration) asked for as a causal LM: the
+    prepared folder is its text LM, and the bridge gives the checkpoint's own text logits."""
+    from transformers import Gemma3ForConditionalGeneration
+
+    src = build_gemma3_multimodal_folder(tmp_path / "src")
+    spec = models.ModelSpec("tiny-gemma3-mm", str(src), family="causal-lm")
+    facts = models.prepare_model(spec, tmp_path / "m")
+    assert (facts["architecture"], facts["n_layers"], facts["d_model"]) == (
+        "Gemma3ForCausalLM",
+        3,
+        64,
+    )
+    bridge = models.load_bridge(tmp_path / "m")
+    full = Gemma3ForConditionalGeneration.from_pretrained(src, dtype=torch.bfloat16)
+    full = full.float().eval()  # the prepared folder's bf16 weights, run in float32
+    ids = _ids(bridge)
+    with torch.no_grad():
+        torch.testing.assert_close(bridge(ids), full(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_unsupported_causal_lm_architecture_is_one_line():

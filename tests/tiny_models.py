@@ -114,6 +114,25 @@ def build_model_folder(
     return out
 
 
+def build_gemma3_multimodal_folder(out: Path, seed: int = 0) -> Path:
+    """A tiny random Gemma3ForConditionalGeneration (the layout of ``google/gemma-3-12b-it``):
+    the tiny Gemma-3 text config with a 2-layer SigLIP tower, 4 tokens per image."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    tokenizer = build_tokenizer(extra_special=("<image>",))
+    text = build_config("gemma3", len(tokenizer))
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=32, patch_size=8)  # fmt: skip
+    cfg = Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                       mm_tokens_per_image=4, image_token_index=len(tokenizer) - 1)  # fmt: skip
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    Gemma3ForConditionalGeneration(cfg).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def build_clip_folder(out: Path, vocab_size: int = 64, seed: int = 0) -> Path:
     """Save a tiny random open_clip ViT (3 blocks, width 32, 32 px, 8 px patches) as a local
     open_clip folder (open_clip_config.json + safetensors). ``vocab_size`` 49408 gives the

@@ -103,7 +103,31 @@ def _load_pretrained(spec: ModelSpec, workdir: Path):
             "download it where the hub is reachable (huggingface-cli download "
             f"{spec.source} --local-dir DIR) and set models.{spec.name}.source: DIR"
         ) from None
-    return model, tokenizer
+    return language_model_of(model), tokenizer
+
+
+def language_model_of(model):
+    """A multimodal checkpoint asked for as a causal LM (``google/gemma-3-12b-it`` is a
+    Gemma3ForConditionalGeneration) as its text-only causal LM with the same weights: the
+    bridge runs text LMs exactly, while its multimodal Gemma-3 adapter moved a tiny model's
+    logits by 0.5%. Other models come back unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    text_config = model.config.get_text_config()
+    if text_config is model.config:
+        return model
+    lm = AutoModelForCausalLM.from_config(text_config, dtype=model.dtype)
+    prefix = "model.language_model."
+    weights = {
+        ("model." + k[len(prefix) :] if k.startswith(prefix) else k): v
+        for k, v in model.state_dict().items()
+        if k.startswith((prefix, "lm_head."))
+    }
+    if set(weights) != set(lm.state_dict()):
+        return model  # a layout this mapping does not know: keep the whole checkpoint
+    lm.load_state_dict(weights)
+    lm.generation_config = model.generation_config
+    return lm.eval()
 
 
 def prepare_hf_folder(spec: ModelSpec, out_dir: str | os.PathLike) -> dict:
@@ -118,7 +142,7 @@ def prepare_hf_folder(spec: ModelSpec, out_dir: str | os.PathLike) -> dict:
         tokenizer.save_pretrained(out_dir)
     config = model.config.get_text_config()
     return {
-        "architecture": model.config.architectures[0],
+        "architecture": (model.config.architectures or [type(model).__name__])[0],
         "n_layers": config.num_hidden_layers,
         "d_model": config.hidden_size,
         "n_heads": config.num_attention_heads,

@@ -28,17 +28,19 @@ rule train_projector:
         architecture=lambda wc: PROJECTOR_VLMS[wc.model][2],
         n_out=lambda wc: PROJECTOR_VLMS[wc.model][3],
         seed=lambda wc: PROJECTOR_VLMS[wc.model][1],
-        projectors=PROJECTORS,
+        projectors=TRAINING_SETTINGS,
         device=lambda wc: model_entry(PROJECTORS["lm"])["device"],
     script:
         "../workflow_scripts/projectors_train.py"
 
 
 rule evaluate_projector:
-    """Held-out caption NLL, caption retrieval against one-attribute distractors and the
-    attribute words of greedy descriptions, per test image, each against the same VLM with a
-    mismatched image (another photo's); units = source photos."""
+    """Held-out caption NLL, caption retrieval against one-attribute distractors, the
+    attribute words of greedy descriptions and (projectors.score_model) their SigLIP score,
+    per test image, each against the same VLM with a mismatched image (another photo's);
+    units = source photos."""
     input:
+        unpack(projector_score_model),
         model=store.MODEL_DIR,
         dataset=store.DATASET_DIR,
     output:

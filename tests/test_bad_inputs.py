@@ -21,6 +21,7 @@ Paths in messages are the test's own (``{path}``); Snakemake-level cases run ``s
 | no steering alpha | test_config_checks[no_alphas] | `config keys steering.alphas_relative and steering.alphas_raw: no non-zero alpha ([] and []), so no row would be steered; give one, e.g. alphas_relative: [0.25]` |
 | only alpha 0 (vision) | test_config_checks[vision_alpha_zero] | `config key vision.steering.alphas_relative: [0] has no non-zero alpha, so no image would be steered; give one, e.g. [0.25]` |
 | unknown model in projectors.lm | test_config_checks[unknown_projector_lm] | `config key projectors.lm: 'gpt9' is not a causal-lm model of this config (tiny-a, tiny-b)` |
+| projectors.score_model not an open_clip model | test_config_checks[score_model_not_open_clip] | `config key projectors.score_model: 'enc' is not an open_clip vision-encoder model of this config (none)` |
 | vectors.k_max above d_model | test_k_max_above_d_model | `config key vectors.k_max: 100000 exceeds d_model 64 of model 'tiny' (train samples per condition: n <= 8); a subspace has at most min(d_model, n) components: set vectors.k_max to at most 8` |
 | vectors.k_max above n | test_k_max_above_n_keeps_only_real_components | no error (n differs by dataset): n components allocated and stored, the directions log says so |
 | unknown key, top level | test_config.py::test_unknown_top_level_key | `config key colour: unknown key; allowed here: ...` |
@@ -223,6 +224,11 @@ def _projector_study(cfg):
             "config key projectors.lm: 'gpt9' is not a causal-lm model of this config "
             "(tiny-a, tiny-b)",
         ),
+        (
+            lambda c: _projector_study(c) or c["projectors"].update(lm="tiny-a", score_model="enc"),
+            "config key projectors.score_model: 'enc' is not an open_clip vision-encoder model "
+            "of this config (none)",
+        ),
     ],
     ids=[
         "missing_prompts",
@@ -231,6 +237,7 @@ def _projector_study(cfg):
         "no_alphas",
         "vision_alpha_zero",
         "unknown_projector_lm",
+        "score_model_not_open_clip",
     ],
 )
 def test_config_checks(tmp_path, mutate, message):

@@ -66,6 +66,7 @@ def _config(clip, lm) -> dict:
             "steps": 3,
             "batch_size": 4,
             "describe_tokens": 3,
+            "score_model": "tiny-clip",  # its text tower has open_clip's full BPE vocabulary
         },
         "extract": {"batch_size": 8},
         "vision": {
@@ -84,7 +85,7 @@ def _config(clip, lm) -> dict:
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf-projectors")
     lm = build_model_folder("llama", root / "lm-src", extra_special=("<image>",))
-    config = _config(build_clip_folder(root / "clip-src"), lm)
+    config = _config(build_clip_folder(root / "clip-src", vocab_size=49408), lm)
     work = root / "work"
     snakemake(work, config, TARGET)
     return work
@@ -115,8 +116,13 @@ def test_evaluation_rows_per_test_image_with_mismatched_null(run):
             assert set(table[f"retrieval_{attribute}"]) <= {0, 1}
             assert table[f"chance_{attribute}"].to_numpy() == pytest.approx(1 / 3, abs=1e-6)
         m = pd.read_csv(out / store.MEASUREMENTS_FILE)
-        assert set(m.metric) == {"caption_nll", "retrieval_accuracy", "attribute_word_accuracy"}
+        metrics = {"caption_nll", "retrieval_accuracy", "attribute_word_accuracy", "siglip_score"}
+        assert set(m.metric) == metrics
         assert set(m.arm) == {"treatment", "baseline"} and set(m.unit_kind) == {"photo"}
+        for arm in ("", "mismatched_"):
+            assert table[f"{arm}siglip_score"].between(0, 1, inclusive="neither").all()
+        score = json.loads((out / "metrics.json").read_text())["siglip_score"]
+        assert score["own"] == pytest.approx(table.groupby("source").siglip_score.mean().mean())
 
 
 def test_comparison_ranks_all_architectures_and_selects_the_largest_image_gain(run):

@@ -18,6 +18,7 @@ METRICS = {
     "caption_nll": "caption_nll",
     "retrieval_accuracy": "retrieval_",
     "attribute_word_accuracy": "words_",
+    "siglip_score": "siglip_score",
 }
 
 

@@ -32,9 +32,10 @@ def mismatched(rows, seed):
     return np.array(out)
 
 
-def evaluate(vlm, images, rows, spec, cfg, other):
-    """Per image (columns of evaluation.csv): caption NLL, retrieval per attribute and the
-    attribute words of the greedy description, with the image's own and a mismatched one."""
+def evaluate(vlm, images, rows, spec, cfg, other, scorer=None):
+    """Per image (columns of evaluation.csv): caption NLL, retrieval per attribute, the
+    attribute words of the greedy description and its score under ``scorer`` (an open_clip
+    VisionModel and its tokenizer), with the image's own and a mismatched one."""
     batch = cfg["eval_batch_size"]
     max_tokens = cfg["max_caption_tokens"]
     tokens = vlm.encode_images(images, batch)
@@ -71,7 +72,25 @@ def evaluate(vlm, images, rows, spec, cfg, other):
             table[f"mismatched_words_{attribute}"] = [
                 float(named[j] == (t,)) for j, t in zip(other, truth, strict=True)
             ]
+        if scorer is not None:
+            clip, tokenizer = scorer
+            pixels = clip.preprocess(images)
+            for arm, pix in (("", pixels), ("mismatched_", pixels[other])):
+                table[f"{arm}siglip_score"] = projectors.siglip_score(
+                    clip.module, tokenizer, pix, text, batch
+                )
     return table
+
+
+def load_scorer(model_dir, name):
+    """(open_clip VisionModel, its tokenizer) of the prepared score model."""
+    import open_clip
+
+    from circuitflow import models
+
+    clip = models.load_vision_model(model_dir, name)
+    clip.module.eval()
+    return clip, open_clip.get_tokenizer("local-dir:" + str(model_dir))
 
 
 def measurements(table, dataset, model, attributes, describe):
@@ -81,6 +100,8 @@ def measurements(table, dataset, model, attributes, describe):
     parts += [(f"retrieval_{a}", a, "retrieval_accuracy") for a in attributes]
     if describe:
         parts += [(f"words_{a}", a, "attribute_word_accuracy") for a in attributes]
+    if "siglip_score" in table:
+        parts.append(("siglip_score", "all", "siglip_score"))
     frames = []
     for column, condition, metric in parts:
         for arm, col in (("treatment", column), ("baseline", f"mismatched_{column}")):
@@ -122,7 +143,10 @@ def main(smk):
     images = store.read_images(smk.input.dataset, np.array([r["image_index"] for r in rows]))
     vlm = projectors.AssembledVLM.load(smk.input.model).to(devices.job_device(p.device))
     other = mismatched(rows, p.seed)
-    table = evaluate(vlm, images, rows, spec, cfg, other)
+    scorer = None
+    if "score_model" in smk.input.keys() and cfg["describe_tokens"]:
+        scorer = load_scorer(smk.input.score_model, cfg["score_model"])
+    table = evaluate(vlm, images, rows, spec, cfg, other, scorer)
     out = Path(smk.output[0])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "evaluation.csv", index=False, float_format="%.6g")
@@ -150,6 +174,12 @@ def main(smk):
             for a in spec.attributes
         },
     }
+    if "siglip_score" in table:
+        metrics["siglip_score"] = {
+            "score_model": cfg["score_model"],
+            "own": float(per_photo["siglip_score"].mean()),
+            "mismatched": float(per_photo["mismatched_siglip_score"].mean()),
+        }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=1))
     store.write_manifest(

@@ -29,6 +29,7 @@ WORKFLOW_KEYS = (
     "eval_batch_size",
     "eval_views",
     "describe_tokens",
+    "score_model",
     "architectures",
     "encoder_hook",
     "image_size",

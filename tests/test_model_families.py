@@ -447,3 +447,40 @@ def test_blip2_with_an_encoder_decoder_lm_is_refused_in_one_line(tmp_path):
         "model 'flan': Blip2ForConditionalGeneration: an encoder-decoder language model (t5) is "
         "not supported; use a decoder-only variant (OPT, Llama/Vicuna)"
     )
+
+
+@pytest.mark.parametrize("family", [f for f in BUILDERS if f != "hf-clip"])
+def test_vlm_lm_heads_sum_to_the_attention_output(prepared, family):
+    """The per-head split that VLM head patching uses (``hook_z`` = the output projection's
+    input as heads x d_head): per-head outputs through W_O sum to the attention output."""
+    from circuitflow.patching.vision_heads import head_sites
+
+    _, _, vm = prepared[family]
+    sites = head_sites(vm, "blocks.1.hook_resid_post")
+    assert [(s.layer, s.n_heads, s.d_head) for s in sites] == [(0, 4, 12), (1, 4, 12)]
+    seen = {}
+    handles = [
+        h
+        for s in sites
+        for h in (
+            s.out_proj.register_forward_pre_hook(
+                lambda m, a, k=s.layer: seen.__setitem__(("z", k), a[0].detach())
+            ),
+            s.out_proj.register_forward_hook(
+                lambda m, a, out, k=s.layer: seen.__setitem__(("out", k), out.detach())
+            ),
+        )
+    ]
+    try:
+        _logits(vm, vm.preprocess(_images(2, 0, vm.image_size)))
+    finally:
+        for h in handles:
+            h.remove()
+    for s in sites:
+        z = seen["z", s.layer].view(*seen["z", s.layer].shape[:2], s.n_heads, s.d_head)
+        w = s.out_proj.weight.detach().view(-1, s.n_heads, s.d_head)  # [d_model, head, d_head]
+        per_head = torch.einsum("bthd,mhd->bthm", z, w)
+        bias = 0.0 if s.out_proj.bias is None else s.out_proj.bias.detach()
+        torch.testing.assert_close(per_head.sum(2) + bias, seen["out", s.layer], rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+        assert per_head.abs().amax(dim=(0, 1, 3)).min() > 0  # every head contributes

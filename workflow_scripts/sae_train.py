@@ -120,34 +120,20 @@ def main(smk):
         ],
         ignore_index=True,
     )
-    sae.save_sae(
-        model,
-        out,
-        metadata={
-            "model_name": p.model,
-            "hook_name": p.hook,
-            "hook_head_index": None,
-            "prepend_bos": p.prepend_bos,
-            "dataset_path": str(smk.input.dataset),
-            "dataset": p.dataset,
-            "context_size": int(tokens.position.max()) + 1,  # longest prompt, BOS included
-            "seed": p.seed,
-            "l0": held_out.l0,
-            "explained_variance": held_out.explained_variance,
-            "num_dead_features": held_out.n_dead,
-            "dead_fraction": held_out.dead_fraction,
-            "train_num_dead_features": on_train.n_dead,
-            "ce_loss_recovered": ce.ce_loss_recovered,
-            "delta_ce": ce.delta_ce,
-            "evaluated_on": "test split",
-        },
-    )
-    with open(f"{out}/{sae.METRICS_FILE}", "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
-        f.write("\n")
-    table.to_csv(f"{out}/{sae.FEATURES_FILE}", index=False, float_format="%.6g")
-    # the statistics phase's input, at full precision (ranks must not tie by rounding)
-    measurements.to_csv(f"{out}/{store.MEASUREMENTS_FILE}", index=False)
+    metadata = {
+        "model_name": p.model,
+        "hook_name": p.hook,
+        "hook_head_index": None,
+        "prepend_bos": p.prepend_bos,
+        "dataset_path": str(smk.input.dataset),
+        "dataset": p.dataset,
+        "context_size": int(tokens.position.max()) + 1,  # longest prompt, BOS included
+        "seed": p.seed,
+        "ce_loss_recovered": ce.ce_loss_recovered,
+        "delta_ce": ce.delta_ce,
+        "evaluated_on": "test split",
+    }
+    sae.write_sae_folder(model, out, metadata, held_out, on_train, metrics, table, measurements)
     store.write_manifest(
         out,
         kind="sae",

@@ -92,33 +92,19 @@ def main(smk):
     )
     times["features"] = clock()
 
-    sae.save_sae(
-        model,
-        out,
-        metadata={
-            "model_name": p.model,
-            "hook_name": p.hook,
-            "hook_head_index": None,
-            "prepend_bos": False,
-            "dataset_path": str(smk.input.dataset),
-            "dataset": p.dataset,
-            "context_size": metrics["n_tokens_per_image"],  # tokens per image
-            "seed": p.seed,
-            "l0": held_out.l0,
-            "explained_variance": held_out.explained_variance,
-            "num_dead_features": held_out.n_dead,
-            "dead_fraction": held_out.dead_fraction,
-            "train_num_dead_features": on_train.n_dead,
-            "evaluated_on": "test photos",
-        },
-    )
-    with open(f"{out}/{sae.METRICS_FILE}", "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
-        f.write("\n")
-    table.to_csv(f"{out}/{sae.FEATURES_FILE}", index=False, float_format="%.6g")
-    pd.concat(measurements, ignore_index=True).to_csv(
-        f"{out}/{store.MEASUREMENTS_FILE}", index=False
-    )
+    metadata = {
+        "model_name": p.model,
+        "hook_name": p.hook,
+        "hook_head_index": None,
+        "prepend_bos": False,
+        "dataset_path": str(smk.input.dataset),
+        "dataset": p.dataset,
+        "context_size": metrics["n_tokens_per_image"],  # tokens per image
+        "seed": p.seed,
+        "evaluated_on": "test photos",
+    }
+    measurements = pd.concat(measurements, ignore_index=True)
+    sae.write_sae_folder(model, out, metadata, held_out, on_train, metrics, table, measurements)
     store.write_manifest(
         out,
         kind="sae",

@@ -47,6 +47,7 @@ from circuitflow.sae.io import (
     read_tokens,
     sae_lens_cfg,
     save_sae,
+    write_sae_folder,
 )
 from circuitflow.sae.metrics import (
     TOP_N,
@@ -131,6 +132,7 @@ __all__ = [
     "sae_measurements",
     "sample_max_activations",
     "save_sae",
+    "write_sae_folder",
     "select_features",
     "timer",
     "train_sae",

@@ -139,6 +139,35 @@ def save_sae(sae: SAE, out_dir: str | os.PathLike, metadata: dict) -> Path:
     return out_dir
 
 
+def write_sae_folder(
+    sae: SAE,
+    out_dir: str | os.PathLike,
+    metadata: dict,
+    held_out,
+    on_train,
+    metrics: dict,
+    features,
+    measurements,
+) -> Path:
+    """One trained SAE's folder: the SAELens weights + cfg.json (``metadata`` plus the
+    held-out reconstruction figures of ``held_out`` / ``on_train``, ReconstructionMetrics),
+    metrics.json, features.csv and measurements.csv (full precision: the statistics phase
+    ranks them, and rounding must not make ties)."""
+    out_dir = Path(out_dir)
+    recon = {
+        "l0": held_out.l0,
+        "explained_variance": held_out.explained_variance,
+        "num_dead_features": held_out.n_dead,
+        "dead_fraction": held_out.dead_fraction,
+        "train_num_dead_features": on_train.n_dead,
+    }
+    save_sae(sae, out_dir, metadata={**metadata, **recon})
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    features.to_csv(out_dir / FEATURES_FILE, index=False, float_format="%.6g")
+    measurements.to_csv(out_dir / store.MEASUREMENTS_FILE, index=False)
+    return out_dir
+
+
 def load_sae(path: str | os.PathLike) -> SAE:
     """Read back a saved SAE (ours, or a SAELens SAE of a registered architecture with no
     runtime scaling). Ours get back their training config from ``metadata.training``."""

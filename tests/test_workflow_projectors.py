@@ -134,6 +134,9 @@ def test_comparison_ranks_all_architectures_and_selects_the_largest_image_gain(r
     n_pairs = len(projectors.ARCHITECTURES) * (len(projectors.ARCHITECTURES) - 1) // 2
     m = pd.read_csv(out / store.MEASUREMENTS_FILE)
     assert m.groupby("metric").setting.nunique().eq(n_pairs).all()
+    # only what the image adds is compared: raw NLL or word differences are also text priors
+    gains = {"caption_nll_image_gain", "retrieval_image_gain", "attribute_word_image_gain"}
+    assert set(m.metric) == gains | {"siglip_image_gain"}
     best = (out / "best.txt").read_text().strip()
     assert best == pd.read_csv(out / "models.csv").iloc[0].model
     chosen = run / store.MODEL_DIR.format(model="vlm-best")

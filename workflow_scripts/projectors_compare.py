@@ -1,5 +1,6 @@
 """compare_projectors: every trained VLM's evaluation -> results/projectors/{dataset}/comparison/
-(measurements.csv: each pair of architectures paired over test photos, seeds averaged;
+(measurements.csv: each pair of architectures paired over test photos, seeds averaged, on
+each metric's image gain (own image - mismatched image);
 ranking.csv: per architecture, ranked by the image gain, the held-out caption NLL with a
 mismatched image minus with its own, which a text prior alone cannot raise; then by NLL)
 + manifest."""
@@ -19,7 +20,29 @@ METRICS = {
     "retrieval_accuracy": "retrieval_",
     "attribute_word_accuracy": "words_",
     "siglip_score": "siglip_score",
+    "retrieval_image_gain": "retrieval_image_gain",
+    "attribute_word_image_gain": "attribute_word_image_gain",
+    "siglip_image_gain": "siglip_image_gain",
 }
+# the pairwise tests compare only what the image adds (own image - mismatched image): a raw
+# NLL or word-accuracy difference between projectors is also made by text priors alone
+PAIRWISE = tuple(m for m in METRICS if m.endswith("_image_gain"))
+
+
+def image_gains(t: pd.DataFrame) -> pd.DataFrame:
+    """Per image, each metric with the own image minus with the mismatched one (NLL: the
+    mismatched minus the own, so that larger is better everywhere)."""
+    t = t.assign(caption_nll_image_gain=t["mismatched_caption_nll"] - t["caption_nll"])
+    for prefix, gain in (
+        ("retrieval_", "retrieval_image_gain"),
+        ("words_", "attribute_word_image_gain"),
+    ):
+        own = [c for c in t.columns if c.startswith(prefix)]
+        if own:
+            t[gain] = t[own].mean(axis=1) - t[[f"mismatched_{c}" for c in own]].mean(axis=1)
+    if "siglip_score" in t:
+        t["siglip_image_gain"] = t["siglip_score"] - t["mismatched_siglip_score"]
+    return t
 
 
 def per_image(table: pd.DataFrame, prefix: str) -> pd.Series:
@@ -36,8 +59,7 @@ def main(smk):
     tables = {}
     for path in smk.input.evaluations:
         model = Path(path).name
-        t = pd.read_csv(Path(path) / "evaluation.csv")
-        t["caption_nll_image_gain"] = t["mismatched_caption_nll"] - t["caption_nll"]
+        t = image_gains(pd.read_csv(Path(path) / "evaluation.csv"))
         tables[model] = t.assign(architecture=vlms[model][0], seed=vlms[model][1])
     values = {}  # (architecture, metric) -> per-photo mean over images and seeds
     by_model = []
@@ -59,7 +81,7 @@ def main(smk):
     archs = sorted({a for a, _ in values})
     frames = []
     for a, b in itertools.combinations(archs, 2):
-        for metric in METRICS:
+        for metric in PAIRWISE:
             if (a, metric) not in values:
                 continue
             for arm, arch in (("treatment", a), ("baseline", b)):

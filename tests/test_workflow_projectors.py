@@ -137,6 +137,13 @@ def test_comparison_ranks_all_architectures_and_selects_the_largest_image_gain(r
     # only what the image adds is compared: raw NLL or word differences are also text priors
     gains = {"caption_nll_image_gain", "retrieval_image_gain", "attribute_word_image_gain"}
     assert set(m.metric) == gains | {"siglip_image_gain"}
+    for row in ranking.itertuples():  # one seed: the evaluation's per-photo means, unchanged
+        evaluated = run / store.PROJECTOR_DIR.format(
+            dataset="tinycap", model=f"vlm-{row.architecture}-s0"
+        )
+        retrieval = json.loads((evaluated / "metrics.json").read_text())["retrieval"]
+        mean = sum(v["accuracy"] for v in retrieval.values()) / len(retrieval)
+        assert row.retrieval_accuracy == pytest.approx(mean, abs=1e-5)
     best = (out / "best.txt").read_text().strip()
     assert best == pd.read_csv(out / "models.csv").iloc[0].model
     chosen = run / store.MODEL_DIR.format(model="vlm-best")

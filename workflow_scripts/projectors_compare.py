@@ -29,6 +29,13 @@ METRICS = {
 PAIRWISE = tuple(m for m in METRICS if m.endswith("_image_gain"))
 
 
+def attribute_columns(table: pd.DataFrame, prefix: str) -> list[str]:
+    """The per-attribute columns ``prefix + attribute`` (the attributes are those with a
+    ``chance_`` column), so that other columns sharing the prefix never join the mean."""
+    attributes = [c.removeprefix("chance_") for c in table.columns if c.startswith("chance_")]
+    return [f"{prefix}{a}" for a in attributes if f"{prefix}{a}" in table]
+
+
 def image_gains(t: pd.DataFrame) -> pd.DataFrame:
     """Per image, each metric with the own image minus with the mismatched one (NLL: the
     mismatched minus the own, so that larger is better everywhere)."""
@@ -37,7 +44,7 @@ def image_gains(t: pd.DataFrame) -> pd.DataFrame:
         ("retrieval_", "retrieval_image_gain"),
         ("words_", "attribute_word_image_gain"),
     ):
-        own = [c for c in t.columns if c.startswith(prefix)]
+        own = attribute_columns(t, prefix)
         if own:
             t[gain] = t[own].mean(axis=1) - t[[f"mismatched_{c}" for c in own]].mean(axis=1)
     if "siglip_score" in t:
@@ -46,10 +53,10 @@ def image_gains(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_image(table: pd.DataFrame, prefix: str) -> pd.Series:
-    """The column ``prefix``, else the mean of the columns starting with it (per attribute)."""
+    """The column ``prefix``, else the mean of its per-attribute columns."""
     if prefix in table:
         return table[prefix]
-    cols = [c for c in table.columns if c.startswith(prefix)]
+    cols = attribute_columns(table, prefix)
     return table[cols].mean(axis=1) if cols else None
 
 

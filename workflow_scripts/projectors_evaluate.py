@@ -88,8 +88,7 @@ def load_scorer(model_dir, name):
 
     from circuitflow import models
 
-    clip = models.load_vision_model(model_dir, name)
-    clip.module.eval()
+    clip = models.load_vision_model(model_dir, name)  # in eval mode
     return clip, open_clip.get_tokenizer("local-dir:" + str(model_dir))
 
 

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from circuitflow import store
 from circuitflow.models.registry import (
     Backend,
     ModelSourceError,
@@ -193,8 +194,6 @@ class TransformerLensBackend(Backend):
         calls, or that need a ``set_use_*`` switch first (``hook_attn_in``), have no shape."""
         import torch
 
-        from circuitflow import store
-
         bos = model.tokenizer.bos_token_id
         ids = torch.arange(3, 3 + DESCRIBE_POSITIONS)[None] % model.cfg.d_vocab
         if bos is not None:
@@ -214,10 +213,7 @@ class TransformerLensBackend(Backend):
             model(ids.to(model.cfg.device))
         rows = []
         for name in names:
-            try:
-                layer, site = store.parse_hook_name(name)
-            except ValueError:
-                layer, site = -1, name
+            layer, site = store.layer_and_site(name)
             shape = shapes.get(name, ())
             dims = ["pos" if n == DESCRIBE_POSITIONS else str(n) for n in shape]
             rows.append(

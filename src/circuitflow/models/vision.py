@@ -241,10 +241,7 @@ def describe(vm: VisionModel) -> list[dict]:
         if h.name not in cap.shapes:
             raise VisionModelError(f"model {vm.name!r}: hook {h.name} never fired")
         (_, n, d), grid = cap.shapes[h.name]
-        try:
-            layer, site = store.parse_hook_name(h.name)
-        except ValueError:
-            layer, site = -1, h.name
+        layer, site = store.layer_and_site(h.name)
         rows.append(
             {
                 "hook": h.name,

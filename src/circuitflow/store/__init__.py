@@ -223,6 +223,15 @@ def parse_hook_name(name: str) -> tuple[int, str]:
     return int(parts[1]), f"{tower}.{parts[2]}" if tower else parts[2]
 
 
+def layer_and_site(name: str) -> tuple[int, str]:
+    """:func:`parse_hook_name`, or ``(-1, name)`` for a hook outside the blocks
+    (``hook_embed``, ``ln_final.hook_normalized``): the layer and site columns of a listing."""
+    try:
+        return parse_hook_name(name)
+    except ValueError:
+        return -1, name
+
+
 def safe_name(name: str) -> str:
     """Model names as path components: ``/`` becomes ``_``."""
     return name.replace("/", "_")
